@@ -1,0 +1,35 @@
+"""The ``tuneloop`` command: one sub-app per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tuneloop.cli import chat, models
+from tuneloop.errors import TuneloopError
+
+app = typer.Typer(
+    name="tuneloop",
+    help="Self-hosted fine-tuning for open language models, OpenAI-compatible.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+app.command("chat")(chat.chat)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning our errors into one-line messages."""
+    try:
+        app()
+    except TuneloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

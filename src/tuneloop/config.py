@@ -1,0 +1,63 @@
+"""Settings: one typed object read from the environment (TUNELOOP_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a tuneloop installation.
+
+    Each field can be set through an environment variable named ``TUNELOOP_<FIELD>``,
+    for example ``TUNELOOP_HOME=/data/tuneloop``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".tuneloop",
+        description="Folder holding the model catalog, converted models, files, jobs and the database.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the job store; default: SQLite at HOME/tuneloop.db.",
+    )
+    device: str = Field(
+        default="auto", description="Torch device for training and serving: auto, cpu, cuda, cuda:N, mps."
+    )
+    org: str = Field(default="local", description="Organisation slug used in fine-tuned model ids.")
+    api_key: str | None = Field(
+        default=None, description="When set, every HTTP route but the health check requires this Bearer key."
+    )
+    max_upload_bytes: int = Field(default=512 * 1024**2, description="Largest accepted file upload.")
+    num_threads: int | None = Field(
+        default=None, description="CPU threads for torch; default: the number of available cores."
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder of converted and registered models."""
+        return self.home / "models"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside HOME."""
+        return self.database_url or f"sqlite:///{self.home / 'tuneloop.db'}"
+
+    def resolved_device(self) -> str:
+        """The torch device to use: the configured one, or the best available for ``auto``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (fresh each call, so tests can change it)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Step 4 of the loop: generation and the OpenAI-compatible server."""
