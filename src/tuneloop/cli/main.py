@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tuneloop.cli import chat, models
+from tuneloop.cli import chat, data, models
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(data.app, name="data")
 app.command("chat")(chat.chat)
 
 

@@ -28,6 +28,8 @@ CHATML_TEMPLATE = (
 )
 
 Message = dict[str, Any]
+#: Private-use characters marking where trained assistant content starts and ends (fast path).
+_OPEN, _CLOSE = "\ue000", "\ue001"
 
 
 class TemplateError(TuneloopError):
@@ -77,10 +79,15 @@ def _tool_call_text(message: Message) -> str:
     return "".join(f"<tool_call>\n{c}\n</tool_call>" for c in calls)
 
 
-def _template_messages(messages: Sequence[Message], tools: list | None, native_tools: bool) -> list[Message]:
-    """Messages as plain dicts the template can render: text content, tools inlined when needed."""
+def _template_messages(
+    messages: Sequence[Message], tools: list | None, native_tools: bool, wrap: Sequence[int] = ()
+) -> list[Message]:
+    """Messages as plain dicts the template can render: text content, tools inlined when needed.
+
+    The content of the messages at indices ``wrap`` is enclosed in sentinel characters.
+    """
     out: list[Message] = []
-    for m in messages:
+    for i, m in enumerate(messages):
         msg: Message = {"role": m["role"], "content": content_text(m.get("content"))}
         if m.get("name"):
             msg["name"] = m["name"]
@@ -92,6 +99,8 @@ def _template_messages(messages: Sequence[Message], tools: list | None, native_t
             calls = _tool_call_text(m)
             if calls:
                 msg["content"] = (msg["content"] + "\n" + calls) if msg["content"] else calls
+        if i in wrap:
+            msg["content"] = _OPEN + msg["content"] + _CLOSE
         out.append(msg)
     if tools and not native_tools:
         specs = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
@@ -122,10 +131,35 @@ class ChatRenderer:
         self.template = tokenizer.chat_template or CHATML_TEMPLATE
         self.native_tools = "tools" in self.template
         self._special = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._turn_end: str | None = None
+        self.fast = self._probe_fast_path()
+
+    def _probe_fast_path(self) -> bool:
+        """Whether one rendering with sentinels gives the same spans as rendering every prefix.
+
+        Holds for templates that render each message on its own (ChatML, Llama 3, ...). It is
+        re-checked on the first conversation of every batch, and switched off at the first mismatch.
+        """
+        try:
+            tail = self.text([{"role": "user", "content": "u"}, {"role": "assistant", "content": _OPEN + _CLOSE}])
+            self._turn_end = tail[tail.index(_CLOSE) + 1 :].rstrip()
+            probe = [
+                {"role": "system", "content": " s "},
+                {"role": "user", "content": " u1 "},
+                {"role": "assistant", "content": " a1 "},
+                {"role": "user", "content": "u2"},
+                {"role": "assistant", "content": "a2\n"},
+            ]
+            return self._fast_text_and_spans(probe, None) == self._slow_text_and_spans(probe, None)
+        except (TemplateError, ValueError):
+            return False
 
     def text(self, messages: Sequence[Message], tools: list | None = None, add_generation_prompt: bool = False) -> str:
         """The conversation rendered to text by the chat template."""
-        msgs = _template_messages(messages, tools, self.native_tools)
+        return self._render(_template_messages(messages, tools, self.native_tools), tools, add_generation_prompt)
+
+    def _render(self, msgs: list[Message], tools: list | None, add_generation_prompt: bool) -> str:
         try:
             return _compiled(self.template).render(
                 messages=msgs,
@@ -142,13 +176,47 @@ class ChatRenderer:
         self, messages: Sequence[Message], tools: list | None = None
     ) -> tuple[str, list[tuple[int, int]]]:
         """Full text of a training conversation and the character spans that carry loss."""
+        if self.fast and (fast := self._fast_text_and_spans(messages, tools)) is not None:
+            return fast
+        return self._slow_text_and_spans(messages, tools)
+
+    def _fast_text_and_spans(
+        self, messages: Sequence[Message], tools: list | None
+    ) -> tuple[str, list[tuple[int, int]]] | None:
+        """One rendering with trained contents between sentinels; None when it does not apply."""
+        trained = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) != 0]
+        if self.native_tools and any("tool_calls" in messages[i] for i in trained):
+            return None
+        msgs = _template_messages(messages, tools, self.native_tools, wrap=trained)
+        if sum(m["content"].count(_OPEN) + m["content"].count(_CLOSE) for m in msgs) != 2 * len(trained):
+            return None  # the data itself contains a sentinel character
+        raw = self._render(msgs, tools, add_generation_prompt=False)
+        pieces, spans, length, pos = [], [], 0, 0
+        while (start := raw.find(_OPEN, pos)) >= 0:
+            end = raw.find(_CLOSE, start)
+            if end < 0 or not raw.startswith(self._turn_end or "", end + 1):
+                return None
+            pieces += [raw[pos:start], raw[start + 1 : end]]
+            length += start - pos
+            spans.append((length, length + end - start - 1 + len(self._turn_end or "")))
+            length += end - start - 1
+            pos = end + 1
+        if len(spans) != len(trained):
+            return None
+        pieces.append(raw[pos:])
+        return "".join(pieces), [s for s in spans if s[1] > s[0]]
+
+    def _slow_text_and_spans(
+        self, messages: Sequence[Message], tools: list | None
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """Spans by rendering the prefix before and after each trained assistant message."""
         full = self.text(messages, tools)
         spans = []
         for i, m in enumerate(messages):
             if m.get("role") != "assistant" or m.get("weight", 1) == 0:
                 continue
             before = self.text(messages[:i], tools, add_generation_prompt=True) if i else ""
-            upto = self.text(messages[: i + 1], tools)
+            upto = full if i == len(messages) - 1 else self.text(messages[: i + 1], tools)
             if not upto.startswith(before) or not full.startswith(upto):
                 raise TemplateError(
                     "the chat template renders a conversation differently from its prefixes "
@@ -161,6 +229,10 @@ class ChatRenderer:
 
     def render_many(self, conversations: Sequence[tuple[Sequence[Message], list | None]]) -> list[Rendered]:
         """Render a batch of (messages, tools) conversations; tokenization is batched."""
+        if self.fast and conversations:
+            first = conversations[0]
+            if self._fast_text_and_spans(*first) not in (None, self._slow_text_and_spans(*first)):
+                self.fast = False
         texts, all_spans = [], []
         for messages, tools in conversations:
             text, spans = self.text_and_spans(messages, tools)
@@ -185,10 +257,15 @@ class ChatRenderer:
         return self._tokenize_with_spans(texts, spans)
 
     def _tokenize_with_spans(self, texts: list[str], all_spans: list[list[tuple[int, int]]]) -> list[Rendered]:
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        if self._backend is not None:  # the Rust tokenizer directly: batched, no per-token Python
+            encodings = self._backend.encode_batch(texts, add_special_tokens=False)
+        else:
+            enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+            encodings = [_PlainEncoding(i, o) for i, o in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
         out = []
-        for text, spans, ids, offsets in zip(texts, all_spans, enc["input_ids"], enc["offset_mapping"], strict=True):
-            mask = _mask_from_offsets(offsets, spans)
+        for text, spans, encoding in zip(texts, all_spans, encodings, strict=True):
+            ids = encoding.ids
+            mask = _mask_from_spans(encoding, spans)
             if mask is None:  # a token straddles a span boundary: tokenize the pieces separately
                 ids, mask = self._tokenize_pieces(text, spans)
             out.append(Rendered(list(ids), mask))
@@ -206,18 +283,23 @@ class ChatRenderer:
         return ids, mask
 
 
-def _mask_from_offsets(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool] | None:
-    """Mark tokens inside spans; None when a token crosses a span boundary."""
-    mask = [False] * len(offsets)
-    j = 0
-    for i, (start, end) in enumerate(offsets):
-        while j < len(spans) and spans[j][1] <= start:
-            j += 1
-        if j == len(spans):
-            break
-        s, e = spans[j]
-        if start >= s and end <= e:
-            mask[i] = True
-        elif start < s < end or start < e < end:
+class _PlainEncoding:
+    """The slice of ``tokenizers.Encoding`` used here, for slow (Python) tokenizers."""
+
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]]):
+        self.ids, self.offsets = ids, offsets
+
+    def char_to_token(self, char: int) -> int | None:
+        return next((i for i, (s, e) in enumerate(self.offsets) if s <= char < e), None)
+
+
+def _mask_from_spans(encoding, spans: list[tuple[int, int]]) -> list[bool] | None:
+    """Mark the tokens covering each span; None when a token crosses a span boundary."""
+    mask = [False] * len(encoding.ids)
+    offsets = encoding.offsets
+    for start, end in spans:
+        first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+        if first is None or last is None or offsets[first][0] != start or offsets[last][1] != end:
             return None
+        mask[first : last + 1] = [True] * (last + 1 - first)
     return mask
