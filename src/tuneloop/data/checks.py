@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CHAT_ROLES = ("system", "user", "assistant", "tool", "function")
+_PLAIN_ROLES = frozenset(("system", "user", "assistant"))
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"}
 
 
@@ -115,6 +116,14 @@ def check_messages(messages: Any, names: set[str] | None, *, need_assistant: boo
     call_ids: set[str] = set()
     n_assistant = n_trained = 0
     for i, msg in enumerate(messages, 1):
+        # fast path for the common message: {"role": system|user|assistant, "content": "non-empty text"}
+        if type(msg) is dict and len(msg) == 2 and msg.get("role") in _PLAIN_ROLES:
+            content = msg.get("content")
+            if type(content) is str and content and not content.isspace():
+                if msg["role"] == "assistant":
+                    n_assistant += 1
+                    n_trained += 1
+                continue
         where = f"message {i}"
         if not isinstance(msg, dict):
             problems.append(Problem("data_type", f"{where} is not an object"))

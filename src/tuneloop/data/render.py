@@ -95,7 +95,7 @@ def _template_messages(
             for key in ("tool_calls", "tool_call_id"):
                 if key in m:
                     msg[key] = m[key]
-        else:
+        elif "tool_calls" in m or "function_call" in m:
             calls = _tool_call_text(m)
             if calls:
                 msg["content"] = (msg["content"] + "\n" + calls) if msg["content"] else calls
