@@ -10,11 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.cli import data_tools
 from tuneloop.config import get_settings
 from tuneloop.data.validate import Distribution, ValidationReport
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(help="Prepare training data: validate, convert, split.", no_args_is_help=True)
+app.command("convert")(data_tools.convert)
+app.command("split")(data_tools.split)
 FIRST_PER_CODE = 3
 
 
