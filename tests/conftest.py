@@ -98,3 +98,18 @@ def pytest_configure(config: pytest.Config) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A real server (with its worker) on a free port, sharing one home across a test module."""
+    from tuneloop.config import Settings
+    from tuneloop.models import Catalog
+
+    from helpers import ServerProcess
+
+    home = tmp_path_factory.mktemp("server-home")
+    Catalog(Settings(home=home)).add("tiny-llama", tiny_model_dir)
+    server = ServerProcess(home).wait_ready()
+    yield server
+    server.stop()

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         default=None, description="When set, every HTTP route but the health check requires this Bearer key."
     )
     max_upload_bytes: int = Field(default=512 * 1024**2, description="Largest accepted file upload.")
+    worker_stale_seconds: float = Field(
+        default=60.0, description="A running job whose worker has not heartbeated for this long is taken over."
+    )
+    worker_poll_seconds: float = Field(default=1.0, description="How often a worker looks for work and requests.")
+    max_batch: int = Field(default=16, description="Sequences decoded together per base model.")
+    max_queued_requests: int = Field(default=64, description="Requests waiting per model before answering 429.")
+    max_adapters: int = Field(default=8, description="LoRA adapters kept loaded (least recently used evicted).")
     num_threads: int | None = Field(
         default=None, description="CPU threads for torch; default: the number of available cores."
     )

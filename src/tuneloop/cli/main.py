@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from tuneloop.cli import chat, data, models
+from tuneloop.cli import chat, data, files, jobs, models, serve
+from tuneloop.cli import train as train_cli
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(
@@ -18,7 +19,12 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
+app.add_typer(files.app, name="files")
+app.add_typer(jobs.app, name="jobs")
 app.command("chat")(chat.chat)
+app.command("train")(train_cli.train)
+app.command("serve")(serve.serve)
+app.command("worker")(serve.worker)
 
 
 def main() -> None:

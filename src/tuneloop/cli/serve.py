@@ -1,0 +1,36 @@
+"""``tuneloop serve`` and ``tuneloop worker``."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from tuneloop.config import get_settings
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    worker: bool = typer.Option(True, "--worker/--no-worker", help="Also run one job worker in this process."),
+) -> None:
+    """Start the OpenAI-compatible API server (and, by default, one fine-tuning worker)."""
+    import uvicorn
+
+    from tuneloop.serve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(get_settings(), run_worker=worker)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def worker() -> None:
+    """Run a fine-tuning worker: claim queued jobs from the database and train them."""
+    from tuneloop.train.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    w = Worker(get_settings())
+    try:
+        w.run_forever()
+    except KeyboardInterrupt:
+        w.shutdown.set()

@@ -1,0 +1,97 @@
+"""``tuneloop train``: fine-tune a model on a JSONL file, with a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+
+def _auto_int(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected a positive integer or 'auto', got {value!r}") from exc
+
+
+def _auto_float(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected a positive number or 'auto', got {value!r}") from exc
+
+
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="Base model (see `tuneloop models list`)."),
+    train_file: Path = typer.Option(..., "--train", help="Training JSONL file (chat or prompt/completion)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (adapter or model, checkpoints, metrics.csv)."),
+    valid_file: Path | None = typer.Option(None, "--valid", help="Validation JSONL file."),
+    epochs: str = typer.Option("auto", "--epochs", help="Epochs, or 'auto'."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="Examples per step, or 'auto'."),
+    lr_multiplier: str = typer.Option("auto", "--lr-multiplier", help="Learning-rate multiplier, or 'auto'."),
+    method: str = typer.Option("lora", "--method", help="lora or full."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
+    seed: int = typer.Option(42, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+    device: str | None = typer.Option(None, "--device", help="Torch device (default: TUNELOOP_DEVICE)."),
+) -> None:
+    """Fine-tune MODEL on a training file; writes OUT/adapter (LoRA) or OUT/model (full)."""
+    from tqdm import tqdm
+
+    from tuneloop.train import StepMetrics, TrainCallbacks, TrainConfig
+    from tuneloop.train import train as run_training
+
+    if method not in ("lora", "full"):
+        raise typer.BadParameter("expected 'lora' or 'full'", param_hint="--method")
+    config = TrainConfig(
+        model=model,
+        training_file=train_file,
+        validation_file=valid_file,
+        output_dir=out,
+        method=method,
+        n_epochs=_auto_int(epochs),
+        batch_size=_auto_int(batch_size),
+        learning_rate_multiplier=_auto_float(lr_multiplier),
+        lora_r=lora_r,
+        lora_alpha=2.0 * lora_r,
+        max_length=max_length,
+        seed=seed,
+        resume_from="latest" if resume else None,
+        device=device,
+    )
+    bar: tqdm | None = None
+
+    def on_step(m: StepMetrics) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=m.total_steps, initial=m.step - 1, unit="step", file=sys.stderr, dynamic_ncols=True)
+        postfix = {"loss": f"{m.train_loss:.4f}", "tok/s": f"{m.tokens_per_second:.0f}"}
+        if m.valid_loss is not None:
+            postfix["valid"] = f"{m.valid_loss:.4f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+
+    try:
+        result = run_training(config, TrainCallbacks(on_step=on_step))
+    finally:
+        if bar is not None:
+            bar.close()
+    hp = result.hyperparameters
+    print(
+        f"Trained {result.steps_done} steps ({hp.n_epochs} epochs, batch {hp.batch_size}, "
+        f"lr {hp.learning_rate:.2e}), {result.trained_tokens} tokens",
+        file=sys.stderr,
+    )
+    m = result.final_metrics
+    if m is not None:
+        line = f"final train_loss {m.train_loss:.4f}"
+        if m.full_valid_loss is not None:
+            line += f", full_valid_loss {m.full_valid_loss:.4f}"
+        print(line, file=sys.stderr)
+    print(result.weights_path)

@@ -1,0 +1,70 @@
+"""The FastAPI application: OpenAI-compatible Files, Fine-tuning, Models and Chat Completions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tuneloop import __version__
+from tuneloop.config import Settings
+from tuneloop.serve import chat_api, completions_api, files_api, fine_tuning_api, models_api
+from tuneloop.serve.errors import error_response, install_error_handlers
+from tuneloop.serve.model_pool import EngineOptions, ModelPool
+from tuneloop.serve.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
+    """Build the app; with ``run_worker`` the server also runs one job worker in a thread."""
+    state = AppState.open(settings)
+    options = EngineOptions(settings.max_batch, settings.max_queued_requests, settings.max_adapters)
+    state.pool = ModelPool(state.catalog, state.jobs, options)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for job in state.jobs.list(limit=10_000)[0]:  # validations interrupted by a restart
+            if job.status == "validating_files":
+                fine_tuning_api.start_validation(state, job.id)
+        worker = None
+        if run_worker:
+            from tuneloop.train.worker import Worker
+
+            worker = Worker(settings)
+            thread = threading.Thread(target=worker.run_forever, name="tuneloop-worker", daemon=True)
+            thread.start()
+        yield
+        if worker is not None:
+            worker.shutdown.set()
+            thread.join(timeout=90)
+
+    app = FastAPI(title="tuneloop", version=__version__, lifespan=lifespan)
+    app.state.tuneloop = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def check_request(request: Request, call_next):
+        guarded = settings.api_key and request.url.path not in ("/health", "/v1/health")
+        if guarded and request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+            return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + 1024**2:
+            return error_response(413, f"Request body larger than {settings.max_upload_bytes:,} bytes.")
+        return await call_next(request)
+
+    @app.get("/health")
+    @app.get("/v1/health")
+    def health() -> JSONResponse:
+        engines = {
+            name: {"active": len(e.active), "waiting": len(e.waiting), "decode_steps": e.steps}
+            for name, e in state.pool.engines().items()
+        }
+        return JSONResponse({"status": "ok", "version": __version__, "engines": engines})
+
+    for module in (files_api, fine_tuning_api, models_api, chat_api, completions_api):
+        app.include_router(module.router, prefix="/v1")
+    return app

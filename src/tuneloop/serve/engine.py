@@ -1,0 +1,188 @@
+"""The generation engine: continuous batching of many requests (and LoRA adapters) on one base model.
+
+A background thread owns the model. Between decode steps it admits waiting requests (each gets a
+KV-cache slot and a prefill pass), then advances every active request by one token in a single
+batched forward pass; finished or cancelled requests leave at once. Greedy results do not depend
+on the batch: prefill runs per request and decode rows are computed independently.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tuneloop.serve.lora_weights import LoraAdapter
+from tuneloop.serve.runner import ModelRunner
+from tuneloop.serve.sampling import Sampler, SamplingParams, TokenChoice
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """Too many requests are waiting."""
+
+
+@dataclass
+class TokenEvent:
+    """Text produced by one step (possibly empty while a multi-byte character or stop string is pending)."""
+
+    text: str
+    choice: TokenChoice | None  # None for text flushed at the end (no new token)
+
+
+@dataclass
+class FinishEvent:
+    """The request is done."""
+
+    reason: str  # stop | length | cancelled | error
+    completion_tokens: int
+    error: str | None = None
+
+
+Event = TokenEvent | FinishEvent
+
+
+class Detokenizer:
+    """Incremental detokenisation (holds back incomplete characters and possible stop strings)."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.prefix_offset = self.read_offset = 0
+        self.text = ""  # all text decoded so far
+        self.sent = 0  # characters of ``text`` already emitted
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (text safe to emit now, whether a stop string was reached)."""
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        for s in self.stop:
+            at = self.text.find(s, max(0, self.sent - len(s)))
+            if at >= 0:
+                self.text = self.text[:at]
+                return self._emit(len(self.text)), True
+        hold = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._emit(len(self.text) - hold), False
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        piece = self.text[self.sent : max(upto, self.sent)]
+        self.sent = max(upto, self.sent)
+        return piece
+
+
+@dataclass
+class Request:
+    """One sequence to generate."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    sampler: Sampler
+    detokenizer: Detokenizer
+    on_event: Callable[[Event], None]
+    adapter: LoraAdapter | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    slot: int = -1
+    generated: int = 0
+    last_token: int = -1
+
+
+class Engine:
+    """Continuous-batching generation for one base model."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_len: int = 2048, max_queue: int = 64):
+        self.runner = ModelRunner(model, max_batch, max_len)
+        self.tokenizer = tokenizer
+        self.max_queue = max_queue
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.active: list[Request] = []
+        self.free_slots = list(range(max_batch))
+        self.wakeup = threading.Condition()
+        self.steps = 0  # decode steps run (for tests and metrics)
+        self.thread = threading.Thread(target=self._loop, name="tuneloop-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; raises QueueFullError when the queue is full."""
+        with self.wakeup:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
+            self.waiting.append(request)
+            self.wakeup.notify()
+
+    @property
+    def load(self) -> int:
+        return len(self.waiting) + len(self.active)
+
+    def _loop(self) -> None:
+        while True:
+            with self.wakeup:
+                while not self.waiting and not self.active:
+                    self.wakeup.wait()
+                admitted = []
+                while self.waiting and self.free_slots:
+                    request = self.waiting.popleft()
+                    request.slot = self.free_slots.pop()
+                    admitted.append(request)
+            try:
+                for request in admitted:
+                    self._prefill(request)
+                self._drop_cancelled()
+                if self.active:
+                    self._decode_step()
+            except Exception as exc:  # never let one bad batch kill the engine
+                log.exception("engine step failed")
+                for request in admitted + self.active:
+                    self._finish(request, "error", str(exc))
+
+    def _prefill(self, request: Request) -> None:
+        if request.cancelled.is_set():
+            return self._finish(request, "cancelled")
+        logits = self.runner.prefill(request.slot, request.prompt_ids, request.adapter)
+        self.active.append(request)
+        self._accept(request, request.sampler.choose(logits))
+
+    def _decode_step(self) -> None:
+        batch = list(self.active)
+        logits = self.runner.decode([r.slot for r in batch], [r.last_token for r in batch], [r.adapter for r in batch])
+        self.steps += 1
+        for request, row in zip(batch, logits, strict=True):
+            self._accept(request, request.sampler.choose(row))
+
+    def _accept(self, request: Request, choice: TokenChoice) -> None:
+        if choice.token in request.sampler.eos_ids:
+            return self._finish(request, "stop")
+        request.generated += 1
+        request.last_token = choice.token
+        text, stopped = request.detokenizer.push(choice.token)
+        request.on_event(TokenEvent(text, choice))
+        if stopped:
+            self._finish(request, "stop")
+        elif request.generated >= request.params.max_tokens:
+            self._finish(request, "length")
+
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self.active if r.cancelled.is_set()]:
+            self._finish(request, "cancelled")
+
+    def _finish(self, request: Request, reason: str, error: str | None = None) -> None:
+        if request in self.active:
+            self.active.remove(request)
+        if request.slot >= 0:
+            self.runner.free(request.slot)
+            with self.wakeup:
+                self.free_slots.append(request.slot)
+            request.slot = -1
+        tail = request.detokenizer.flush() if reason in ("stop", "length") else ""
+        if tail:
+            request.on_event(TokenEvent(tail, None))
+        request.on_event(FinishEvent(reason, request.generated, error))

@@ -1,0 +1,74 @@
+"""OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}`` for every failure."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    body = {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def not_found(kind: str, ident: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(404, f"No {kind} found with id '{ident}'.", param=param, code=code)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer our errors, HTTP errors, validation errors and crashes in the envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        if first.get("type") == "extra_forbidden":
+            return error_response(
+                400, f"Unsupported parameter: '{param}' is not supported by tuneloop.", param, "unsupported_parameter"
+            )
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid request')}" if param else str(exc)
+        return error_response(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"Internal server error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,72 @@
+"""``/v1/files``: upload, list, retrieve, delete, content."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import FileResponse
+
+from tuneloop.serve.errors import APIError, not_found
+from tuneloop.serve.state import AppState, get_state
+from tuneloop.store.blobs import TooLargeError
+from tuneloop.store.files import PURPOSES
+
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+
+
+@router.post("/files")
+def upload_file(state: State, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
+    if purpose not in PURPOSES or purpose == "fine-tune-results":
+        raise APIError(400, f"Invalid purpose '{purpose}'.", param="purpose", code="invalid_value")
+    filename = file.filename or "upload"
+    if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
+        raise APIError(400, "Fine-tuning files must be .jsonl files.", param="file", code="invalid_file_format")
+    try:
+        record = state.files.create(filename, purpose, file.file, state.settings.max_upload_bytes)
+    except TooLargeError as exc:
+        raise APIError(413, str(exc), param="file", code="file_too_large") from exc
+    return record.to_openai()
+
+
+@router.get("/files")
+def list_files(
+    state: State,
+    purpose: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    limit: int = Query(10000, ge=1, le=10000),
+) -> dict:
+    records, has_more = state.files.list(purpose, order, after, limit)
+    data = [r.to_openai() for r in records]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.get("/files/{file_id}")
+def retrieve_file(state: State, file_id: str) -> dict:
+    record = state.files.get(file_id)
+    if record is None:
+        raise not_found("file", file_id, param="file_id")
+    return record.to_openai()
+
+
+@router.delete("/files/{file_id}")
+def delete_file(state: State, file_id: str) -> dict:
+    if not state.files.delete(file_id):
+        raise not_found("file", file_id, param="file_id")
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/files/{file_id}/content")
+def file_content(state: State, file_id: str) -> FileResponse:
+    record = state.files.get(file_id)
+    if record is None:
+        raise not_found("file", file_id, param="file_id")
+    return FileResponse(state.files.path(record), media_type="application/octet-stream", filename=record.filename)

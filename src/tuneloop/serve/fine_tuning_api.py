@@ -1,0 +1,186 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneloop.errors import ModelNotFoundError
+from tuneloop.serve.errors import APIError, not_found
+from tuneloop.serve.state import AppState, get_state
+from tuneloop.store.jobs import TERMINAL, Job
+
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+
+
+class Hyperparameters(BaseModel):
+    """OpenAI's supervised hyperparameters: each ``"auto"`` or a number."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+
+class Supervised(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
+    supervised: Supervised | None = None
+    dpo: dict | None = None
+    reinforcement: dict | None = None
+
+
+class CreateJobRequest(BaseModel):
+    """POST /fine_tuning/jobs body (plus tuneloop's ``training_method``: lora or full)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(default=None, min_length=1, max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2147483647)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict] | None = None
+    training_method: Literal["lora", "full"] = "lora"
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
+            raise ValueError("at most 16 pairs, keys up to 64 and values up to 512 characters")
+        return value
+
+
+def _job_or_404(state: AppState, job_id: str) -> Job:
+    job = state.jobs.get(job_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+def _check_file(state: AppState, file_id: str | None, param: str) -> None:
+    if file_id is None:
+        return
+    record = state.files.get(file_id)
+    if record is None:
+        raise APIError(400, f"invalid {param}: {file_id} does not exist", param=param)
+    if record.purpose != "fine-tune":
+        raise APIError(400, f"invalid {param}: {file_id} has purpose '{record.purpose}', not 'fine-tune'", param=param)
+
+
+@router.post("/fine_tuning/jobs")
+def create_job(state: State, body: CreateJobRequest) -> dict:
+    try:
+        state.catalog.get(body.model)
+    except ModelNotFoundError as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from exc
+    if body.method is not None and body.method.type != "supervised":
+        raise APIError(400, f"method '{body.method.type}' is not supported yet; use 'supervised'", param="method")
+    if body.integrations:
+        raise APIError(400, "integrations are not supported", param="integrations")
+    _check_file(state, body.training_file, "training_file")
+    _check_file(state, body.validation_file, "validation_file")
+    hp = body.hyperparameters
+    if body.method is not None and body.method.supervised is not None and body.method.supervised.hyperparameters:
+        hp = body.method.supervised.hyperparameters
+    job = state.jobs.create(
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters=(hp or Hyperparameters()).model_dump(),
+        method=body.training_method,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        metadata=body.metadata,
+    )
+    start_validation(state, job.id)
+    return job.to_openai(state.settings.org)
+
+
+def start_validation(state: AppState, job_id: str) -> None:
+    """Validate a job's files in the background (moves it to queued or failed)."""
+    from tuneloop.train.job_validation import validate_job
+
+    threading.Thread(target=validate_job, args=(state, job_id), daemon=True, name=f"validate-{job_id}").start()
+
+
+@router.get("/fine_tuning/jobs")
+def list_jobs(state: State, request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
+    metadata = {
+        key[len("metadata[") : -1]: value
+        for key, value in request.query_params.items()
+        if key.startswith("metadata[") and key.endswith("]")
+    }
+    jobs, has_more = state.jobs.list(after, limit, metadata or None)
+    return {"object": "list", "data": [j.to_openai(state.settings.org) for j in jobs], "has_more": has_more}
+
+
+@router.get("/fine_tuning/jobs/{job_id}")
+def retrieve_job(state: State, job_id: str) -> dict:
+    return _job_or_404(state, job_id).to_openai(state.settings.org)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/cancel")
+def cancel_job(state: State, job_id: str) -> dict:
+    job = _job_or_404(state, job_id)
+    if job.status in TERMINAL or not state.jobs.finish(job_id, "cancelled", requested="cancel"):
+        job = _job_or_404(state, job_id)
+        raise APIError(409, f"Job {job_id} is already {job.status} and cannot be cancelled.", code="invalid_state")
+    state.jobs.add_event(job_id, "Fine-tuning job cancelled")
+    return _job_or_404(state, job_id).to_openai(state.settings.org)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+def pause_job(state: State, job_id: str) -> dict:
+    job = _job_or_404(state, job_id)
+    if not state.jobs.update(job_id, when_status=("queued", "running"), status="paused", requested="pause"):
+        raise APIError(409, f"Job {job_id} is {job.status} and cannot be paused.", code="invalid_state")
+    state.jobs.add_event(job_id, "Fine-tuning job paused" + (" (checkpointing)" if job.status == "running" else ""))
+    return _job_or_404(state, job_id).to_openai(state.settings.org)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+def resume_job(state: State, job_id: str) -> dict:
+    job = _job_or_404(state, job_id)
+    if job.status != "paused":
+        raise APIError(409, f"Job {job_id} is {job.status}, not paused.", code="invalid_state")
+    stale = job.heartbeat_at is None or job.heartbeat_at < time.time() - state.settings.worker_stale_seconds
+    if job.worker_id is not None and not stale:
+        raise APIError(409, f"Job {job_id} is still saving its checkpoint; retry shortly.", code="invalid_state")
+    if not state.jobs.update(job_id, when_status=("paused",), status="queued", worker_id=None, requested=None):
+        raise APIError(409, f"Job {job_id} changed state; retry.", code="invalid_state")
+    state.jobs.add_event(job_id, "Fine-tuning job resumed, moving job to queued state")
+    return _job_or_404(state, job_id).to_openai(state.settings.org)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events")
+def list_events(state: State, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
+    _job_or_404(state, job_id)
+    data, has_more = state.jobs.list_events(job_id, after, limit)
+    return {"object": "list", "data": data, "has_more": has_more}
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+def list_checkpoints(
+    state: State, job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=1000)
+) -> dict:
+    _job_or_404(state, job_id)
+    data, has_more = state.jobs.list_checkpoints(job_id, after, limit)
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

@@ -1,0 +1,152 @@
+"""Shared by the chat and completions endpoints: build engine requests, stream their events to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request as HTTPRequest
+
+from tuneloop.errors import ModelNotFoundError
+from tuneloop.serve.engine import Detokenizer, Engine, Event, FinishEvent, QueueFullError, Request, TokenEvent
+from tuneloop.serve.errors import APIError
+from tuneloop.serve.json_mode import JsonConstraint
+from tuneloop.serve.lora_weights import LoraAdapter
+from tuneloop.serve.model_pool import ModelPool, ResolvedModel
+from tuneloop.serve.sampling import Sampler, SamplingParams
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+@dataclass
+class Target:
+    """Where a request runs."""
+
+    resolved: ResolvedModel
+    engine: Engine
+    adapter: LoraAdapter | None
+    context_length: int
+
+
+def resolve_target(pool: ModelPool, model: str) -> Target:
+    try:
+        resolved = pool.resolve(model)
+    except ModelNotFoundError as exc:
+        raise model_not_found(model) from exc
+    engine, adapter = pool.acquire(resolved)
+    return Target(resolved, engine, adapter, min(pool.context_length(resolved), engine.runner.max_len))
+
+
+def check_context(target: Target, prompt_ids: list[int], max_tokens: int | None) -> int:
+    """The token budget of a request; 400 when the prompt does not fit the context."""
+    room = target.context_length - len(prompt_ids)
+    if room <= 0:
+        msg = (
+            f"This model's maximum context length is {target.context_length} tokens. However, your messages "
+            f"resulted in {len(prompt_ids)} tokens. Please reduce the length of the messages."
+        )
+        raise APIError(400, msg, param="messages", code="context_length_exceeded")
+    return min(max_tokens or room, room)
+
+
+_TOKEN_TEXTS: dict[int, list[str]] = {}
+
+
+def token_texts(tokenizer) -> list[str]:
+    """Every token's text (computed once per tokenizer; used by JSON mode)."""
+    key = id(tokenizer)
+    if key not in _TOKEN_TEXTS:
+        _TOKEN_TEXTS[key] = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return _TOKEN_TEXTS[key]
+
+
+def eos_ids(engine: Engine) -> set[int]:
+    tok = engine.tokenizer
+    ids = {tok.eos_token_id}
+    extra = getattr(engine.runner.hf.generation_config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra])
+    return {i for i in ids if i is not None}
+
+
+@dataclass
+class Stream:
+    """Events of n parallel requests, delivered to an asyncio consumer."""
+
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    requests: list[Request] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        for r in self.requests:
+            r.cancelled.set()
+
+
+def start(target: Target, prompt_ids: list[int], params: SamplingParams, n: int) -> Stream:
+    """Submit ``n`` sequences for one prompt (seeds ``seed + i``) and return their event stream."""
+    loop = asyncio.get_running_loop()
+    stream = Stream()
+    eos = eos_ids(target.engine)
+    for i in range(n):
+        p = params if params.seed is None or i == 0 else SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+        json = JsonConstraint(token_texts(target.engine.tokenizer), eos) if p.json_object else None
+
+        def deliver(event: Event, index: int = i) -> None:
+            loop.call_soon_threadsafe(stream.queue.put_nowait, (index, event))
+
+        stream.requests.append(
+            Request(list(prompt_ids), p, Sampler(p, eos, json), Detokenizer(target.engine.tokenizer, p.stop),
+                    deliver, target.adapter)
+        )  # fmt: skip
+    try:
+        for r in stream.requests:
+            target.engine.submit(r)
+    except QueueFullError as exc:
+        stream.cancel()
+        raise APIError(429, f"Too many requests queued for this model ({exc}); retry shortly.",
+                       code="rate_limit_exceeded", headers={"retry-after": "1"}) from exc  # fmt: skip
+    return stream
+
+
+async def events(stream: Stream, http: HTTPRequest | None = None) -> AsyncIterator[tuple[int, Event]]:
+    """Yield (choice index, event) until every sequence finished; cancel them if the client leaves."""
+    pending = len(stream.requests)
+    try:
+        while pending:
+            try:
+                index, event = await asyncio.wait_for(stream.queue.get(), timeout=1.0)
+            except TimeoutError:
+                if http is not None and await http.is_disconnected():
+                    return
+                continue
+            if isinstance(event, FinishEvent):
+                pending -= 1
+            yield index, event
+    finally:
+        stream.cancel()  # no-op for finished requests; stops compute for abandoned ones
+
+
+def token_logprob(tokenizer, token: int, logprob: float) -> dict:
+    text = tokenizer.decode([token])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def choice_logprobs(tokenizer, event: TokenEvent) -> dict | None:
+    """OpenAI's chat logprobs entry for one generated token."""
+    c = event.choice
+    if c is None or c.logprob is None:
+        return None
+    entry = token_logprob(tokenizer, c.token, c.logprob)
+    entry["top_logprobs"] = [token_logprob(tokenizer, t, lp) for t, lp in (c.top or [])]
+    return entry
+
+
+__all__ = ["FinishEvent", "TokenEvent"]

@@ -1,0 +1,127 @@
+"""Models loaded for inference: one engine per base model, LoRA adapters in an LRU cache.
+
+A request's ``model`` is a base model (catalog name), a fine-tuned model (``ft:…``) or a
+checkpoint (``ft:…:ckpt-step-N``). LoRA models run on their base model's engine, batched with
+everything else on it; fully fine-tuned models get an engine of their own.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop.errors import ModelNotFoundError
+from tuneloop.models import Catalog, load_model
+from tuneloop.serve.engine import Engine
+from tuneloop.serve.lora_weights import LoraAdapter, load_lora
+from tuneloop.store.jobs import JobStore
+
+
+@dataclass
+class ResolvedModel:
+    """What a request's ``model`` refers to."""
+
+    id: str
+    base: str
+    kind: str  # base | lora | full
+    path: Path | None
+
+
+@dataclass
+class EngineOptions:
+    """Serving limits."""
+
+    max_batch: int = 16
+    max_queue: int = 64
+    max_adapters: int = 8
+    max_len: int = 4096
+
+
+class ModelPool:
+    """Resolves model ids and hands out (engine, adapter) pairs, loading on first use."""
+
+    def __init__(self, catalog: Catalog, jobs: JobStore | None, options: EngineOptions | None = None):
+        self.catalog, self.jobs = catalog, jobs
+        self.options = options or EngineOptions()
+        self.lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}  # base name or full model id -> engine
+        self._adapters: collections.OrderedDict[str, LoraAdapter] = collections.OrderedDict()
+
+    def resolve(self, model_id: str) -> ResolvedModel:
+        """Map a request's model id to a base, a LoRA adapter or a full model; raise if unknown."""
+        if self.jobs is not None:
+            row = self.jobs.get_model(model_id)
+            if row is not None:
+                return ResolvedModel(model_id, row.base, row.kind, Path(row.path))
+            ckpt = self.jobs.checkpoint_by_model_id(model_id)
+            job = self.jobs.get(ckpt.job_id) if ckpt is not None else None
+            if job is not None and Path(ckpt.path).is_dir():
+                kind = "lora" if (Path(ckpt.path) / "adapter_config.json").is_file() else "full"
+                return ResolvedModel(model_id, job.model, kind, Path(ckpt.path))
+        entry = self.catalog.get(model_id)  # raises ModelNotFoundError
+        return ResolvedModel(entry.name, entry.name, "base", None)
+
+    def exists(self, model_id: str) -> bool:
+        try:
+            self.resolve(model_id)
+        except ModelNotFoundError:
+            return False
+        return True
+
+    def context_length(self, resolved: ResolvedModel) -> int:
+        return min(self.catalog.get(resolved.base).context_length, self.options.max_len)
+
+    def acquire(self, resolved: ResolvedModel) -> tuple[Engine, LoraAdapter | None]:
+        """The engine to run ``resolved`` on and the adapter to apply (loading either if needed)."""
+        with self.lock:
+            key = resolved.id if resolved.kind == "full" else resolved.base
+            if key not in self._engines:
+                self._engines[key] = self._start_engine(resolved)
+            engine = self._engines[key]
+            if resolved.kind != "lora":
+                return engine, None
+            adapter = self._adapters.get(resolved.id)
+            if adapter is None:
+                adapter = load_lora(resolved.id, resolved.path, engine.runner.device)
+                self._adapters[resolved.id] = adapter
+                while len(self._adapters) > self.options.max_adapters:
+                    self._adapters.popitem(last=False)  # in-flight requests keep their reference
+            self._adapters.move_to_end(resolved.id)
+            return engine, adapter
+
+    def _start_engine(self, resolved: ResolvedModel) -> Engine:
+        if resolved.kind == "full":
+            entry = self.catalog.get(resolved.base)
+            model, tokenizer = _load_full(resolved.path, entry, self.catalog.settings.resolved_device())
+        else:
+            model, tokenizer, entry = load_model(self.catalog, resolved.base)
+        o = self.options
+        return Engine(
+            model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length), max_queue=o.max_queue
+        )
+
+    def engines(self) -> dict[str, Engine]:
+        """The running engines by base model (or full model id)."""
+        return dict(self._engines)
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def forget(self, model_id: str) -> None:
+        """Drop a deleted model from memory."""
+        with self.lock:
+            self._adapters.pop(model_id, None)
+            self._engines.pop(model_id, None)
+
+
+def _load_full(path: Path, entry, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.models.loading import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
+    tokenizer_entry = entry.model_copy(update={"path": path if (path / "tokenizer.json").is_file() else entry.path})
+    return model, load_tokenizer(tokenizer_entry)

@@ -1,0 +1,163 @@
+"""The model runner: a Llama-family forward pass over many sequences and many LoRA adapters at once.
+
+Every request owns a slot of a preallocated KV cache. ``prefill`` runs one request's prompt;
+``decode`` advances any set of slots by one token in a single batched forward pass, whatever
+adapter each slot uses: the base weights are read once per step for the whole batch, and each
+adapter's low-rank update is applied only to its own rows. Works for Llama, SmolLM2, Qwen2 and
+Mistral (HF module weights are used as they are; nothing is copied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tuneloop.serve.lora_weights import LoraAdapter
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class ModelRunner:
+    """Owns the KV cache of ``n_slots`` sequences for one base model."""
+
+    def __init__(self, model, n_slots: int, max_len: int):
+        self.hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.core = self.hf.model
+        cfg = self.hf.config
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.layers = list(self.core.layers)
+        self.device = next(self.hf.parameters()).device
+        self.dtype = next(self.hf.parameters()).dtype
+        self.max_len, self.n_slots = max_len, n_slots
+        self.capacity = min(256, max_len)
+        shape = (len(self.layers), n_slots, self.n_kv, self.capacity, self.head_dim)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.lengths = [0] * n_slots
+
+    # -- cache -----------------------------------------------------------------------------------
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        new = min(self.max_len, max(needed, 2 * self.capacity))
+        pad = (0, 0, 0, new - self.capacity)
+        self.k_cache = F.pad(self.k_cache, pad)
+        self.v_cache = F.pad(self.v_cache, pad)
+        self.capacity = new
+
+    def free(self, slot: int) -> None:
+        """Forget a finished sequence."""
+        self.lengths[slot] = 0
+
+    # -- linear layers with per-row adapters -----------------------------------------------------
+    @staticmethod
+    def _linear(module, x: torch.Tensor, layer: int, name: str, groups) -> torch.Tensor:
+        y = F.linear(x, module.weight, module.bias)
+        for adapter, rows in groups:
+            factors = adapter.factors.get((layer, name))
+            if factors is None:
+                continue
+            a, b, scale = factors
+            xs = x if rows is None else x.index_select(0, rows)
+            delta = (xs @ a.T) @ b.T * scale
+            y = y + delta if rows is None else y.index_add(0, rows, delta)
+        return y
+
+    # -- forward ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, slot: int, token_ids: Sequence[int], adapter: LoraAdapter | None) -> torch.Tensor:
+        """Run a prompt (or its uncached tail) for one slot; return the last position's logits."""
+        start = self.lengths[slot]
+        n = len(token_ids)
+        self._ensure_capacity(start + n)
+        tokens = torch.tensor(token_ids, device=self.device)
+        positions = torch.arange(start, start + n, device=self.device)
+        groups = [(adapter, None)] if adapter is not None else []
+        hidden = self._forward(tokens, positions, [slot], [start], [n], groups)
+        self.lengths[slot] = start + n
+        return self._logits(hidden[-1:])[0]
+
+    @torch.inference_mode()
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int], adapters: Sequence[LoraAdapter | None]):
+        """Advance each slot by its one new token in a single batch; return logits [len(slots), vocab]."""
+        starts = [self.lengths[s] for s in slots]
+        self._ensure_capacity(max(starts) + 1)
+        tokens = torch.tensor(token_ids, device=self.device)
+        positions = torch.tensor(starts, device=self.device)
+        groups = _adapter_groups(adapters, self.device)
+        hidden = self._forward(tokens, positions, list(slots), starts, [1] * len(slots), groups)
+        for s in slots:
+            self.lengths[s] += 1
+        return self._logits(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.hf.lm_head(self.core.norm(hidden)).float()
+
+    def _forward(self, tokens, positions, slots, starts, counts, groups) -> torch.Tensor:
+        """Hidden states [T, H] of T new tokens: one sequence of ``counts[0]`` tokens (prefill), or
+        one token for each of many slots (decode)."""
+        x = self.core.embed_tokens(tokens)
+        cos, sin = self.core.rotary_emb(x[None], positions[None])
+        cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, head_dim]
+        t = x.shape[0]
+        slot_index = torch.tensor(slots, device=self.device)
+        for li, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = self._linear(attn.q_proj, h, li, "q_proj", groups).view(t, self.n_heads, self.head_dim)
+            k = self._linear(attn.k_proj, h, li, "k_proj", groups).view(t, self.n_kv, self.head_dim)
+            v = self._linear(attn.v_proj, h, li, "v_proj", groups).view(t, self.n_kv, self.head_dim)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            if len(slots) == 1:  # prefill: the new tokens attend to the cache and causally to each other
+                s0, n = starts[0], counts[0]
+                self.k_cache[li, slots[0], :, s0 : s0 + n] = k.transpose(0, 1)
+                self.v_cache[li, slots[0], :, s0 : s0 + n] = v.transpose(0, 1)
+                keys = self.k_cache[li, slots[0], :, : s0 + n]
+                values = self.v_cache[li, slots[0], :, : s0 + n]
+                mask = None if n == 1 else _causal_mask(n, s0, self.device)
+                out = F.scaled_dot_product_attention(
+                    q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
+                )[0].transpose(0, 1)
+            else:  # decode: one query per slot over that slot's cache, all slots in one call
+                pos = torch.tensor(starts, device=self.device)
+                self.k_cache[li, slot_index, :, pos] = k
+                self.v_cache[li, slot_index, :, pos] = v
+                length = max(starts) + 1
+                keys = self.k_cache[li, slot_index, :, :length]
+                values = self.v_cache[li, slot_index, :, :length]
+                valid = torch.arange(length, device=self.device)[None, :] <= pos[:, None]  # [B, L]
+                out = F.scaled_dot_product_attention(
+                    q[:, :, None, :], keys, values, attn_mask=valid[:, None, None, :], enable_gqa=True
+                )[:, :, 0, :]
+            x = x + self._linear(attn.o_proj, out.reshape(t, -1), li, "o_proj", groups)
+            h = layer.post_attention_layernorm(x)
+            mlp = layer.mlp
+            gate = self._linear(mlp.gate_proj, h, li, "gate_proj", groups)
+            up = self._linear(mlp.up_proj, h, li, "up_proj", groups)
+            x = x + self._linear(mlp.down_proj, mlp.act_fn(gate) * up, li, "down_proj", groups)
+        return x
+
+
+def _causal_mask(n: int, past: int, device) -> torch.Tensor:
+    """[n, past + n] boolean mask: new token i sees the cache and new tokens 0..i."""
+    return torch.ones(n, past + n, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+def _adapter_groups(adapters: Sequence[LoraAdapter | None], device):
+    """(adapter, row indices) for each distinct adapter in a batch (rows None: every row)."""
+    by_name: dict[str, tuple[LoraAdapter, list[int]]] = {}
+    for row, adapter in enumerate(adapters):
+        if adapter is not None:
+            by_name.setdefault(adapter.name, (adapter, []))[1].append(row)
+    if len(by_name) == 1:
+        ((adapter, rows),) = by_name.values()
+        if len(rows) == len(adapters):
+            return [(adapter, None)]
+    return [(a, torch.tensor(rows, device=device)) for a, rows in by_name.values()]

@@ -1,0 +1,37 @@
+"""What the API handlers share: settings, the database, the stores and the model catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy.engine import Engine
+
+from tuneloop.config import Settings
+from tuneloop.models import Catalog
+from tuneloop.serve.model_pool import ModelPool
+from tuneloop.store.db import make_engine
+from tuneloop.store.files import FileStore
+from tuneloop.store.jobs import JobStore
+
+
+@dataclass
+class AppState:
+    """Long-lived objects of one server."""
+
+    settings: Settings
+    engine: Engine
+    files: FileStore
+    jobs: JobStore
+    catalog: Catalog
+    pool: ModelPool | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> AppState:
+        engine = make_engine(settings)
+        return cls(settings, engine, FileStore(engine, settings.home), JobStore(engine), Catalog(settings))
+
+
+def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the server's state."""
+    return request.app.state.tuneloop

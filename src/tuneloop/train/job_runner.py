@@ -1,0 +1,138 @@
+"""Run one fine-tuning job inside a child process: train, record events and checkpoints, publish the model.
+
+The worker process supervises this one; a crash here never takes the server or the worker down.
+A job picked up again after its worker died resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+from tuneloop.config import Settings
+from tuneloop.store.db import make_engine
+from tuneloop.store.files import FileStore
+from tuneloop.store.ids import fine_tuned_model_id
+from tuneloop.store.jobs import Job, JobStore
+from tuneloop.train import CheckpointInfo, StepMetrics, TrainCallbacks, TrainConfig, train
+from tuneloop.train.checkpoint import latest_checkpoint
+
+log = logging.getLogger(__name__)
+METRIC_KEYS = (
+    "step",
+    "total_steps",
+    "train_loss",
+    "valid_loss",
+    "full_valid_loss",
+    "train_mean_token_accuracy",
+    "valid_mean_token_accuracy",
+    "full_valid_mean_token_accuracy",
+)
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    """Where a job's outputs live."""
+    return settings.home / "jobs" / job_id
+
+
+def step_message(m: StepMetrics) -> str:
+    """OpenAI's metrics event text: ``Step n/N: training loss=0.15, validation loss=0.27``."""
+    text = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.2f}"
+    if m.valid_loss is not None:
+        text += f", validation loss={m.valid_loss:.2f}"
+    if m.full_valid_loss is not None:
+        text += f", full validation loss={m.full_valid_loss:.2f}"
+    return text
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit at once if the supervising worker dies (the job will be taken over and resumed)."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(3)
+        time.sleep(0.5)
+
+
+def run_job(settings_json: str, job_id: str, worker_id: str, stop: Event, parent_pid: int) -> None:
+    """Child-process entry point: train ``job_id`` to completion, or until ``stop`` is set."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    settings = Settings.model_validate_json(settings_json)
+    engine = make_engine(settings)
+    jobs, files = JobStore(engine), FileStore(engine, settings.home)
+    job = jobs.get(job_id)
+    if job is None:
+        return
+    try:
+        _train_job(settings, jobs, files, job, worker_id, stop)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+        current = jobs.get(job_id)
+        if current is not None and current.worker_id == worker_id and jobs.finish(job_id, "failed", error=error):
+            jobs.add_event(job_id, f"Fine-tuning failed: {error['message']}", level="error",
+                           data={"traceback": traceback.format_exc()[-4000:]})  # fmt: skip
+
+
+def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, worker_id: str, stop: Event) -> None:
+    out = job_dir(settings, job.id)
+    resume = latest_checkpoint(out / "checkpoints")
+    if resume is None:
+        jobs.add_event(job.id, "Fine-tuning job started", data=None)
+    else:
+        jobs.add_event(job.id, f"Fine-tuning job resumed from checkpoint {resume.name} (attempt {job.attempts})")
+    hp = job.hyperparameters
+    config = TrainConfig(
+        model=job.model,
+        training_file=files.path(files.get(job.training_file)),
+        validation_file=files.path(files.get(job.validation_file)) if job.validation_file else None,
+        output_dir=out,
+        method=job.method,
+        n_epochs=hp.get("n_epochs", "auto"),
+        batch_size=hp.get("batch_size", "auto"),
+        learning_rate_multiplier=hp.get("learning_rate_multiplier", "auto"),
+        seed=job.seed,
+        resume_from="latest" if resume is not None else None,
+        device=settings.device if settings.device != "auto" else None,
+    )
+    started = time.time()
+    first_step: int | None = None  # the step this attempt started from (resumes start midway)
+
+    def on_step(m: StepMetrics) -> None:
+        nonlocal first_step
+        values: dict = {}
+        if first_step is None:
+            first_step = m.step - 1
+            values["resolved"] = json.loads((out / "resolved_config.json").read_text())["hyperparameters"]
+        done_here = max(1, m.step - first_step)
+        values["estimated_finish"] = int(time.time() + (time.time() - started) / done_here * (m.total_steps - m.step))
+        jobs.update_where(job.id, worker_id=worker_id, values=values)
+        data = {k: getattr(m, k) for k in METRIC_KEYS}
+        jobs.add_event(job.id, step_message(m), type="metrics", data=data)
+
+    def on_checkpoint(info: CheckpointInfo) -> None:
+        model_id = fine_tuned_model_id(job.model, settings.org, job.suffix) + f":ckpt-step-{info.step}"
+        metrics = {k: getattr(info.metrics, k) for k in METRIC_KEYS if k != "total_steps"} if info.metrics else {}
+        jobs.add_checkpoint(job.id, info.step, model_id, metrics, str(info.path))
+        existing = {str(p) for p in (out / "checkpoints").iterdir() if p.is_dir()}
+        jobs.delete_checkpoints_except(job.id, existing)
+        jobs.add_event(job.id, f"Checkpoint created at step {info.step} with Snapshot ID: {model_id}")
+
+    result = train(config, TrainCallbacks(on_step=on_step, on_checkpoint=on_checkpoint), stop.is_set)
+    if result.stopped:
+        return  # paused or cancelled: the worker records the outcome
+    results = files.create_bytes("step_metrics.csv", "fine-tune-results", result.metrics_csv.read_bytes())
+    model_id = fine_tuned_model_id(job.model, settings.org, job.suffix)
+    jobs.add_model(model_id, job.model, job.id, result.method, str(result.weights_path))
+    jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
+    resolved = result.hyperparameters.model_dump()
+    if jobs.finish(job.id, "succeeded", fine_tuned_model=model_id, trained_tokens=result.trained_tokens,
+                   result_files=[results.id], resolved=resolved, estimated_finish=None):  # fmt: skip
+        jobs.add_event(job.id, "The job has successfully completed")
+    else:  # cancelled in the very last moment: do not publish the model
+        jobs.delete_model(model_id)

@@ -1,0 +1,403 @@
+"""``train(config)``: the supervised fine-tuning loop. Setup lives in the ``_setup_*`` helpers; the
+step (``_train_step``) and the loop (``_run_loop``) each fit on one screen."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from tuneloop.errors import TuneloopError
+from tuneloop.train import checkpoint as ckpt
+from tuneloop.train.batching import (
+    Sample,
+    batch_indices,
+    epoch_order,
+    micro_batches,
+    pack,
+    shard,
+    steps_per_epoch,
+    to_sample,
+)
+from tuneloop.train.config import ResolvedHyperparameters, TrainConfig, resolve_hyperparameters
+from tuneloop.train.distributed import DistContext, configure_cpu_threads, init_distributed, maybe_no_sync, shutdown
+from tuneloop.train.loss import step_loss_scale
+from tuneloop.train.metrics import CheckpointInfo, MetricsCSV, StepMetrics, TrainCallbacks, safe_ratio
+from tuneloop.train.modeling import build_model, load_weights, save_weights, trainable_parameters
+from tuneloop.train.packed import PackedCausalLM
+
+
+class TrainResult(BaseModel):
+    """What a finished (or stopped) run produced."""
+
+    output_dir: Path = Field(description="The run's folder.")
+    weights_path: Path | None = Field(
+        description="output_dir/adapter (LoRA) or output_dir/model (full); None if stopped."
+    )
+    method: str = Field(description="lora or full.")
+    hyperparameters: ResolvedHyperparameters = Field(description="Resolved n_epochs, batch_size, LR and their rules.")
+    total_steps: int = Field(description="Optimizer steps of the whole run.")
+    steps_done: int = Field(description="Steps completed (== total_steps unless stopped).")
+    trained_tokens: int = Field(description="Tokens processed: sum of min(tokens, max_length) x epochs done.")
+    final_metrics: StepMetrics | None = Field(description="Metrics of the last step run.")
+    metrics_csv: Path = Field(description="Per-step metrics file.")
+    resolved_config: Path = Field(description="output_dir/resolved_config.json.")
+    checkpoints: list[Path] = Field(description="Checkpoint folders on disk, oldest first.")
+    stopped: bool = Field(default=False, description="True when should_stop() ended the run early.")
+
+
+@dataclass
+class _Run:
+    """Everything the loop works with (built by ``_setup``)."""
+
+    config: TrainConfig
+    hp: ResolvedHyperparameters
+    ctx: DistContext
+    model: nn.Module  # the (PEFT) model, unwrapped
+    module: nn.Module  # PackedCausalLM, wrapped in DDP when distributed
+    tokenizer: Any
+    train: list[Sample]
+    valid: list[Sample]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    steps_per_epoch: int
+    meta: dict[str, Any]
+    csv: MetricsCSV
+    step: int = 0
+    elapsed: float = 0.0
+    orders: dict[int, list[int]] = field(default_factory=dict)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    def order(self, epoch: int) -> list[int]:
+        """The example order of ``epoch`` (remembered, so a checkpoint can save it)."""
+        if epoch not in self.orders:
+            self.orders = {epoch: epoch_order(len(self.train), self.config.seed, epoch)}
+        return self.orders[epoch]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on GPU; float32 everywhere else (CPUs without bf16 units run it ~250x slower)."""
+        if self.ctx.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def packed(self) -> PackedCausalLM:
+        """The packed model, without the DDP wrapper."""
+        return getattr(self.module, "module", self.module)
+
+
+def train(
+    config: TrainConfig,
+    callbacks: TrainCallbacks | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Fine-tune ``config.model`` on ``config.training_file``; resume, checkpoint and report as configured.
+
+    ``should_stop`` is polled between steps: when it returns True a checkpoint is written and the
+    result comes back with ``stopped=True`` (resume it with ``resume_from="latest"``).
+    Runs unchanged under ``torchrun`` (one process per device; only rank 0 writes files).
+    """
+    from tuneloop.config import get_settings
+
+    device = config.device or get_settings().resolved_device()
+    ctx = init_distributed(device)
+    try:
+        run = _setup(config, ctx)
+        return _run_loop(run, callbacks or TrainCallbacks(), should_stop or (lambda: False))
+    finally:
+        shutdown(ctx)
+
+
+def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bool]) -> TrainResult:
+    cfg, hp, ctx = run.config, run.hp, run.ctx
+    started, start_elapsed, tokens_here = time.perf_counter(), run.elapsed, 0
+    metrics: StepMetrics | None = None
+    while run.step < run.total_steps:
+        step = run.step + 1
+        epoch, index = divmod(step - 1, run.steps_per_epoch)
+        epoch += 1
+        indices = batch_indices(run.order(epoch), hp.batch_size, index)
+        lr = run.optimizer.param_groups[0]["lr"]
+        loss, accuracy, tokens = _train_step(run, indices, step)
+        run.step, tokens_here = step, tokens_here + tokens
+        run.elapsed = start_elapsed + time.perf_counter() - started
+        metrics = StepMetrics(
+            step=step,
+            total_steps=run.total_steps,
+            epoch=epoch,
+            train_loss=loss,
+            train_mean_token_accuracy=accuracy,
+            learning_rate=lr,
+            trained_tokens=_tokens_done(run, step),
+            tokens_per_second=tokens_here / max(time.perf_counter() - started, 1e-9),
+            elapsed_seconds=run.elapsed,
+        )
+        if run.valid and (step % _eval_every(run) == 0 or step == run.total_steps):
+            metrics.valid_loss, metrics.valid_mean_token_accuracy = _evaluate(run, _valid_window(run, step))
+        if run.valid and cfg.full_validation and step == run.total_steps:
+            metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = _evaluate(run, range(len(run.valid)))
+        _report_step(run, metrics, callbacks)
+        epoch_end = index == run.steps_per_epoch - 1
+        stop = step < run.total_steps and ctx.any(should_stop())
+        if epoch_end or stop:
+            _checkpoint(run, epoch, metrics, callbacks)
+        if epoch_end and callbacks.on_epoch_end and ctx.is_main:
+            callbacks.on_epoch_end(epoch, metrics)
+        if stop:
+            return _result(run, metrics, stopped=True)
+    return _finish(run, metrics)
+
+
+def _train_step(run: _Run, indices: list[int], step: int) -> tuple[float, float, int]:
+    """One optimizer step over a global batch: (mean loss, token accuracy, tokens processed)."""
+    cfg, ctx, samples = run.config, run.ctx, run.train
+    step_labels = sum(samples[i].n_labels for i in indices)
+    mine = shard(indices, samples, ctx.rank, ctx.world_size)
+    scale = step_loss_scale(step_labels, ctx.world_size) if mine else 0.0  # an idle rank still joins the all-reduce
+    groups = micro_batches(mine or indices[:1], samples, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.share_prefix)
+    torch.manual_seed(_step_seed(cfg.seed, step, ctx.rank))  # dropout masks are a function of (seed, step, rank)
+    loss_sum = correct = 0.0
+    for i, group in enumerate(groups):
+        batch = pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device)
+        with maybe_no_sync(run.module, skip_sync=i < len(groups) - 1):
+            with run.autocast():
+                out = run.module(batch)
+            (out.loss * scale).backward()
+        if mine:
+            loss_sum, correct = loss_sum + out.loss.item(), correct + out.correct.item()
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(trainable_parameters(run.model), cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum, correct = ctx.all_reduce_sum([loss_sum, correct])
+    return loss_sum / step_labels, correct / step_labels, sum(samples[i].n_tokens for i in indices)
+
+
+@torch.no_grad()
+def _evaluate(run: _Run, indices) -> tuple[float, float]:
+    """Mean loss and token accuracy over validation examples (shared out between processes)."""
+    cfg, ctx, samples = run.config, run.ctx, run.valid
+    mine = shard(list(indices), samples, ctx.rank, ctx.world_size)
+    loss_sum = correct = labels = 0.0
+    run.model.eval()
+    for group in micro_batches(mine, samples, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.share_prefix):
+        with run.autocast():
+            out = run.packed(pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device))
+        loss_sum, correct, labels = loss_sum + out.loss.item(), correct + out.correct.item(), labels + out.labels
+    run.model.train()
+    loss_sum, correct, labels = ctx.all_reduce_sum([loss_sum, correct, labels])
+    return safe_ratio(loss_sum, labels), safe_ratio(correct, labels)
+
+
+# -- setup ------------------------------------------------------------------------------------------
+def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
+    model, tokenizer, entry = build_model(config, ctx.device)
+    if ctx.device.type == "cpu":
+        configure_cpu_threads(ctx.local_world_size)  # load_model claimed every core
+    resume = _resume_folder(config)
+    train_file, hp, train_samples, valid_samples = _setup_data(config, tokenizer, entry.context_length)
+    per_epoch = steps_per_epoch(len(train_samples), hp.batch_size)
+    total = per_epoch * hp.n_epochs
+    optimizer, scheduler = _setup_optimizer(model, config, hp, total)
+    meta = {
+        "config": config.model_dump(mode="json"),
+        "hyperparameters": hp.model_dump(),
+        "base_model": {"name": entry.name, "path": str(entry.path), "architecture": entry.architecture},
+        "n_examples": train_file,
+        "n_trained_examples": len(train_samples),
+        "n_validation_examples": len(valid_samples),
+        "steps_per_epoch": per_epoch,
+        "total_steps": total,
+        "trained_tokens": hp.n_epochs * sum(s.n_tokens for s in train_samples),
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+    }
+    run = _Run(
+        config=config,
+        hp=hp,
+        ctx=ctx,
+        model=model,
+        module=ctx.wrap(PackedCausalLM(model)),
+        tokenizer=tokenizer,
+        train=train_samples,
+        valid=valid_samples,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        total_steps=total,
+        steps_per_epoch=per_epoch,
+        meta=meta,
+        csv=MetricsCSV(config.output_dir / "metrics.csv"),
+    )
+    if resume is not None:
+        _restore(run, resume)
+    if ctx.is_main:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        (config.output_dir / "resolved_config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        run.csv.start(keep_until_step=run.step)
+    ctx.barrier()
+    return run
+
+
+def _setup_data(
+    config: TrainConfig, tokenizer, context_length: int
+) -> tuple[int, ResolvedHyperparameters, list[Sample], list[Sample]]:
+    """Render both files with the shared renderer; resolve "auto" from the training file's size."""
+    from tuneloop.data.examples import load_examples, render_examples
+    from tuneloop.data.render import ChatRenderer
+
+    renderer = ChatRenderer(tokenizer)
+    _, examples = load_examples(config.training_file)
+    hp = resolve_hyperparameters(config, len(examples), context_length)
+    train_samples = [s for r in render_examples(renderer, examples, hp.max_length) if (s := to_sample(r))]
+    if not train_samples:
+        raise TuneloopError(f"{config.training_file}: no example has a trained token (assistant text) to learn from")
+    valid_samples: list[Sample] = []
+    if config.validation_file is not None:
+        _, valid_examples = load_examples(config.validation_file)
+        valid_samples = [s for r in render_examples(renderer, valid_examples, hp.max_length) if (s := to_sample(r))]
+    return len(examples), hp, train_samples, valid_samples
+
+
+def _setup_optimizer(model: nn.Module, config: TrainConfig, hp: ResolvedHyperparameters, total_steps: int):
+    """AdamW over the trainable parameters (fused kernel), linear warm-up then linear decay to 0."""
+    params = trainable_parameters(model)
+    try:
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=config.weight_decay, foreach=True)
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+
+    def factor(done: int) -> float:
+        if done < warmup:
+            return (done + 1) / (warmup + 1)
+        return max(0.0, (total_steps - done) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _resume_folder(config: TrainConfig) -> Path | None:
+    if config.resume_from is None:
+        return None
+    if config.resume_from == "latest":
+        return ckpt.latest_checkpoint(config.output_dir / "checkpoints")  # none yet: start from scratch
+    return Path(config.resume_from)
+
+
+def _restore(run: _Run, folder: Path) -> None:
+    """Continue from a checkpoint: weights, optimizer, scheduler, step, data order, RNG."""
+    state = ckpt.read_trainer_state(folder)
+    saved = ckpt.read_meta(folder)["resolved"]
+    same_numbers = saved["hyperparameters"] == run.hp.model_dump() and saved["total_steps"] == run.total_steps
+    if not same_numbers or state["n_trained_examples"] != len(run.train):
+        raise TuneloopError(f"{folder}: checkpoint of a different run (other data or hyperparameters)")
+    load_weights(run.model, folder, run.config.method)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.elapsed = state["step"], state["elapsed"]
+    run.orders = {state["epoch"]: state["epoch_order"]}
+    ckpt.set_rng_state(state["rng"])
+    run.checkpoints = ckpt.list_checkpoints(folder.parent)
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+def _checkpoint(run: _Run, epoch: int, metrics: StepMetrics, callbacks: TrainCallbacks) -> None:
+    if run.ctx.is_main:
+        state = {
+            "step": run.step,
+            "epoch": epoch,
+            "elapsed": run.elapsed,
+            "total_steps": run.total_steps,
+            "n_trained_examples": len(run.train),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch_order": run.order(epoch),
+            "rng": ckpt.rng_state(),
+        }
+        meta = {"step": run.step, "epoch": epoch, "metrics": metrics.model_dump(), "resolved": run.meta}
+        root = run.config.output_dir / "checkpoints"
+        path = ckpt.write_checkpoint(
+            root,
+            run.step,
+            lambda folder: save_weights(run.model, run.tokenizer, folder, run.config.method),
+            state,
+            meta,
+            run.config.keep_checkpoints,
+        )
+        run.checkpoints = ckpt.list_checkpoints(root)
+        if callbacks.on_checkpoint:
+            callbacks.on_checkpoint(CheckpointInfo(step=run.step, epoch=epoch, path=path, metrics=metrics))
+    run.ctx.barrier()
+
+
+def _report_step(run: _Run, metrics: StepMetrics, callbacks: TrainCallbacks) -> None:
+    if run.ctx.is_main:
+        run.csv.append(metrics)
+        if callbacks.on_step:
+            callbacks.on_step(metrics)
+
+
+def _finish(run: _Run, metrics: StepMetrics | None) -> TrainResult:
+    """Write the final adapter/model folder (atomically) and return the result."""
+    out = run.config.output_dir / ("adapter" if run.config.method == "lora" else "model")
+    if run.ctx.is_main:
+        tmp = out.with_name(f".tmp-{out.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_weights(run.model, run.tokenizer, tmp, run.config.method)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    run.ctx.barrier()
+    return _result(run, metrics, stopped=False, weights=out)
+
+
+def _result(run: _Run, metrics: StepMetrics | None, stopped: bool, weights: Path | None = None) -> TrainResult:
+    out = run.config.output_dir
+    return TrainResult(
+        output_dir=out,
+        weights_path=weights,
+        method=run.config.method,
+        hyperparameters=run.hp,
+        total_steps=run.total_steps,
+        steps_done=run.step,
+        trained_tokens=_tokens_done(run, run.step),
+        final_metrics=metrics,
+        metrics_csv=run.csv.path,
+        resolved_config=out / "resolved_config.json",
+        checkpoints=run.checkpoints,
+        stopped=stopped,
+    )
+
+
+# -- small rules ------------------------------------------------------------------------------------
+def _tokens_done(run: _Run, step: int) -> int:
+    """Tokens processed after ``step`` steps (whole epochs, plus the batches of the current one)."""
+    epochs, index = divmod(step, run.steps_per_epoch)
+    per_epoch = sum(s.n_tokens for s in run.train)
+    partial = sum(run.train[i].n_tokens for i in run.order(epochs + 1)[: index * run.hp.batch_size]) if index else 0
+    return epochs * per_epoch + partial
+
+
+def _eval_every(run: _Run) -> int:
+    return run.config.eval_every or max(1, run.total_steps // 10)
+
+
+def _valid_window(run: _Run, step: int) -> list[int]:
+    """The validation batch for ``step``: the next ``batch_size`` validation examples, cycling."""
+    n = len(run.valid)
+    start = (step // _eval_every(run)) * run.hp.batch_size
+    return sorted({(start + k) % n for k in range(min(run.hp.batch_size, n))})
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)

@@ -1,0 +1,28 @@
+"""The loss: vocabulary projection and cross-entropy at label positions only, summed.
+
+Summing (not averaging) per micro-batch and dividing once by the labels of the whole optimizer
+step (every micro-batch, every process) makes gradient accumulation exact: a step of 8 examples
+gives the same gradient as 4 accumulated micro-batches of 2, whatever their token counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def label_loss(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number of exact (argmax) predictions; ``hidden`` holds label positions only."""
+    logits = lm_head(hidden).float()
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    correct = (logits.detach().argmax(dim=-1) == targets).sum()
+    return loss, correct
+
+
+def step_loss_scale(step_labels: int, world_size: int) -> float:
+    """Factor turning a process's summed loss into its share of the step's mean loss.
+
+    DistributedDataParallel averages gradients over processes, hence the ``world_size``.
+    """
+    return world_size / max(step_labels, 1)

@@ -1,0 +1,95 @@
+"""A Llama-family causal LM run on a ``PackedBatch``: the shared prefix once, then every example.
+
+The decoder layers' own modules (norms, projections, MLP, rotary embedding) do the work, so LoRA
+adapters injected by ``peft`` apply as usual; only the attention pattern differs from the stock
+forward: the prefix attends causally to itself, and each example attends to the whole prefix and
+causally to its own tokens. Supported: Llama, Mistral, Qwen2 (the catalog's architectures).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneloop.train.batching import PackedBatch
+from tuneloop.train.loss import label_loss
+
+
+class LossSums(NamedTuple):
+    """Sums over the label positions of a micro-batch (to be normalised by the whole step's labels)."""
+
+    loss: torch.Tensor  # summed cross-entropy (differentiable)
+    correct: torch.Tensor  # labels predicted exactly (argmax)
+    labels: int  # label positions scored
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, scale: float) -> torch.Tensor:
+    """Attention of the packed sequence; q (L, Hq, D), k and v (L, Hkv, D) -> (L, Hq * D)."""
+    p, n, s = batch.prefix_length, batch.n_examples, batch.longest_suffix
+    heads = q.shape[1] // k.shape[1]
+    out = []
+    if p:
+        qp, kp, vp = (t[:p].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        out.append(F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=heads > 1))
+        out[-1] = out[-1][0].transpose(0, 1).reshape(p, -1)
+
+    def grid(t: torch.Tensor) -> torch.Tensor:  # packed suffix tokens -> (n, s, H, D), zeros where padded
+        g = t.new_zeros(n * s, *t.shape[1:]).index_copy(0, batch.suffix_slots, t[p:])
+        return g.view(n, s, *t.shape[1:])
+
+    qs = grid(q).transpose(1, 2)
+    ks, vs = (grid(t) for t in (k, v))
+    if p:
+        ks = torch.cat((k[:p].unsqueeze(0).expand(n, -1, -1, -1), ks), dim=1)
+        vs = torch.cat((v[:p].unsqueeze(0).expand(n, -1, -1, -1), vs), dim=1)
+    o = F.scaled_dot_product_attention(
+        qs, ks.transpose(1, 2), vs.transpose(1, 2), attn_mask=batch.suffix_attention, scale=scale, enable_gqa=heads > 1
+    )
+    out.append(o.transpose(1, 2).reshape(n * s, -1).index_select(0, batch.suffix_slots))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _decoder_layer(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch):
+    attn = layer.self_attn
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(x.shape[0], -1, attn.head_dim)
+    k = attn.k_proj(x).view(x.shape[0], -1, attn.head_dim)
+    v = attn.v_proj(x).view(x.shape[0], -1, attn.head_dim)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    h = h + attn.o_proj(_attention(q, k, v, batch, attn.scaling))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+class PackedCausalLM(nn.Module):
+    """Wraps a (possibly PEFT) causal LM so ``forward(batch)`` returns the loss sums of a packed micro-batch."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._decoder = base.model
+        self._lm_head = base.lm_head
+
+    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
+        """Final (normalised) hidden states at the label positions, (N, hidden)."""
+        decoder = self._decoder
+        h = decoder.embed_tokens(batch.input_ids)
+        cos, sin = decoder.rotary_emb(h.unsqueeze(0), batch.position_ids.unsqueeze(0))
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (L, 1, D): broadcast over heads
+        for layer in decoder.layers:
+            h = _decoder_layer(layer, h, cos, sin, batch)
+        return decoder.norm(h.index_select(0, batch.label_index))
+
+    def forward(self, batch: PackedBatch) -> LossSums:
+        """Summed cross-entropy and correct predictions at the batch's label positions."""
+        loss, correct = label_loss(self.hidden_states(batch), self._lm_head, batch.targets)
+        return LossSums(loss, correct, int(batch.targets.numel()))

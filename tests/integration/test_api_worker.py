@@ -1,0 +1,94 @@
+"""Durability: pause/resume, a worker killed mid-training, API keys and upload limits."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tuneloop.config import Settings
+from tuneloop.models import Catalog
+
+from helpers import ServerProcess, chat_jsonl, wait_for
+
+
+@pytest.fixture
+def home(tmp_path, tiny_model_dir):
+    home = tmp_path / "home"
+    Catalog(Settings(home=home)).add("tiny-llama", tiny_model_dir)
+    return home
+
+
+def long_job(client, tmp_path, epochs: int = 3):
+    with open(chat_jsonl(tmp_path / "train.jsonl", 20), "rb") as f:
+        training = client.files.create(file=f, purpose="fine-tune")
+    return client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=training.id, hyperparameters={"n_epochs": epochs, "batch_size": 1}
+    )
+
+
+def events(client, job_id: str) -> list[str]:
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
+
+
+def test_killed_worker_job_resumes_from_checkpoint(home, tmp_path):
+    env = {"TUNELOOP_WORKER_STALE_SECONDS": "3"}
+    server = ServerProcess(home, "--no-worker", env=env).wait_ready()
+    first = ServerProcess(home, env=env, command="worker")
+    second = None
+    try:
+        client = server.client()
+        job = long_job(client, tmp_path)
+        wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, 180, what="first checkpoint")
+        first.stop(kill=True)  # SIGKILL: no chance to clean up
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+        second = ServerProcess(home, env=env, command="worker")
+        done = wait_for(
+            lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j, 240
+        )
+        assert done.status == "succeeded", done.error
+        log = events(client, job.id)
+        assert any(m.startswith("Fine-tuning job resumed from checkpoint step-20") for m in log), log
+        steps = [int(m.split()[1].split("/")[0]) for m in log if m.startswith("Step ")]
+        assert steps[-1] == 60 and 21 in steps
+        assert steps.count(1) == 1  # the resumed run did not start over
+    finally:
+        for p in (first, second, server):
+            if p is not None:
+                p.stop()
+
+
+def test_pause_and_resume(home, tmp_path):
+    server = ServerProcess(home).wait_ready()
+    try:
+        client = server.client()
+        job = long_job(client, tmp_path)
+        wait_for(lambda: any(m.startswith("Step ") for m in events(client, job.id)), 120, what="training")
+        paused = client.fine_tuning.jobs.pause(job.id)
+        assert paused.status == "paused"
+        wait_for(lambda: "Fine-tuning job paused at its latest checkpoint" in events(client, job.id), 120)
+        steps_at_pause = sum(m.startswith("Step ") for m in events(client, job.id))
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+        resumed = client.fine_tuning.jobs.resume(job.id)
+        assert resumed.status == "queued"
+        done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j, 240)
+        log = events(client, job.id)
+        steps = [int(m.split()[1].split("/")[0]) for m in log if m.startswith("Step ")]
+        assert steps == list(range(1, 61)), "every step exactly once across the pause"
+        assert steps_at_pause < 60 and done.fine_tuned_model
+    finally:
+        server.stop()
+
+
+def test_api_key_and_upload_limit(home, tmp_path):
+    server = ServerProcess(home, env={"TUNELOOP_API_KEY": "sekret", "TUNELOOP_MAX_UPLOAD_BYTES": "1000"}).wait_ready()
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            server.client("wrong").models.list()
+        client = server.client("sekret")
+        assert any(m.id == "tiny-llama" for m in client.models.list())
+        with pytest.raises(openai.APIStatusError) as err:
+            client.files.create(file=("big.jsonl", b"x" * 5000), purpose="fine-tune")
+        assert err.value.status_code == 413
+        assert client.files.list().data == []  # nothing half-stored
+    finally:
+        server.stop()

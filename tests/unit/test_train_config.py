@@ -1,0 +1,97 @@
+"""Resolution of "auto" hyperparameters, the metrics CSV and checkpoint bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tuneloop.data.estimate import auto_epochs
+from tuneloop.train import checkpoint as ckpt
+from tuneloop.train.config import TrainConfig, resolve_batch_size, resolve_hyperparameters
+from tuneloop.train.metrics import MetricsCSV, StepMetrics
+
+
+def config(**kw) -> TrainConfig:
+    return TrainConfig(model="m", training_file=Path("t.jsonl"), output_dir=Path("out"), **kw)
+
+
+def test_every_field_has_a_help_string() -> None:
+    assert all(f.description for f in TrainConfig.model_fields.values())
+
+
+def test_auto_values_are_resolved_with_their_rules() -> None:
+    hp = resolve_hyperparameters(config(), n_examples=256, context_length=8192)
+    assert hp.n_epochs == auto_epochs(256)[0] == 3
+    assert hp.batch_size == 8
+    assert hp.learning_rate == pytest.approx(1e-4 * hp.learning_rate_multiplier)
+    assert hp.max_length == 2048
+    assert set(hp.rules) == {"n_epochs", "batch_size", "learning_rate_multiplier", "max_length"}
+    assert all(hp.rules.values())
+
+
+def test_given_values_are_kept() -> None:
+    hp = resolve_hyperparameters(
+        config(n_epochs=2, batch_size=3, learning_rate_multiplier=0.5, max_length=99999, method="full"), 50, 1024
+    )
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier, hp.max_length) == (2, 3, 0.5, 1024)
+    assert hp.learning_rate == pytest.approx(0.5e-5)
+    assert hp.rules["n_epochs"] == "given"
+
+
+def test_auto_batch_size_grows_with_the_data_within_bounds() -> None:
+    sizes = [resolve_batch_size(n)[0] for n in (10, 100, 256, 1000, 100_000)]
+    assert sizes == sorted(sizes)
+    assert sizes[0] >= 1 and sizes[-1] <= 32
+
+
+def test_invalid_values_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        config(n_epochs=0)
+    with pytest.raises(ValidationError):
+        config(learning_rate_multiplier=-1.0)
+    with pytest.raises(ValidationError):
+        config(method="qlora")
+
+
+def metrics(step: int, loss: float) -> StepMetrics:
+    return StepMetrics(
+        step=step,
+        total_steps=5,
+        epoch=1,
+        train_loss=loss,
+        train_mean_token_accuracy=0.5,
+        learning_rate=1e-4,
+        trained_tokens=10 * step,
+        tokens_per_second=1.0,
+        elapsed_seconds=float(step),
+    )
+
+
+def test_metrics_csv_has_openai_columns_and_is_cut_back_on_resume(tmp_path: Path) -> None:
+    csv = MetricsCSV(tmp_path / "metrics.csv")
+    csv.start(keep_until_step=0)
+    for step in range(1, 5):
+        csv.append(metrics(step, 1.0 / step))
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy")
+    csv.start(keep_until_step=2)  # a run resumed from step 2 rewrites what came after
+    rows = csv.read()
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[1]["train_loss"] == pytest.approx(0.5)
+    assert rows[1]["valid_loss"] is None
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    for step in (3, 6, 9, 12):
+        ckpt.write_checkpoint(
+            root, step, lambda d: (d / "w.bin").write_bytes(b"x"), {"step": step, "t": torch.ones(2)}, {}, keep=3
+        )
+    (root / ".tmp-step-15").mkdir()  # a checkpoint being written when the process was killed
+    (root / "step-15").mkdir()  # incomplete: no trainer state
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-6", "step-9", "step-12"]
+    latest = ckpt.latest_checkpoint(root)
+    assert latest is not None and ckpt.read_trainer_state(latest)["step"] == 12
