@@ -1,0 +1,199 @@
+"""Serving over HTTP with the official client: batching, adapters, streaming, sampling options, errors."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from tuneloop.config import Settings
+from tuneloop.models import Catalog
+from tuneloop.serve.json_mode import JsonPrefix
+from tuneloop.store.db import make_engine
+from tuneloop.store.jobs import JobStore
+
+from helpers import ServerProcess, wait_for
+from tests_lora import make_adapters
+
+ADAPTERS = [f"ft:tiny-llama:local:a{i}:test000{i}" for i in range(3)]
+USER = [{"role": "user", "content": "Tell me something."}]
+
+
+def _home(tmp_path_factory, tiny_model_dir, name: str):
+    home = tmp_path_factory.mktemp(name)
+    settings = Settings(home=home)
+    Catalog(settings).add("tiny-llama", tiny_model_dir)
+    jobs = JobStore(make_engine(settings))
+    for model_id, folder in zip(ADAPTERS, make_adapters(tiny_model_dir, home, 3), strict=True):
+        jobs.add_model(model_id, "tiny-llama", "ftjob-test", "lora", str(folder))
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    srv = ServerProcess(_home(tmp_path_factory, tiny_model_dir, "serve-home"), "--no-worker").wait_ready()
+    yield srv
+    srv.stop()
+
+
+def engine_stats(server) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health") as r:
+        return json.loads(r.read())["engines"].get("tiny-llama", {})
+
+
+def ask(client, model: str, content: str, max_tokens: int = 12, **kw) -> str:
+    messages = [{"role": "user", "content": content}]
+    r = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens, **kw)
+    return r.choices[0].message.content
+
+
+def test_streaming_equals_non_streaming(server):
+    client = server.client()
+    for model in ("tiny-llama", ADAPTERS[0]):
+        whole = client.chat.completions.create(model=model, messages=USER, temperature=0, max_tokens=16)
+        chunks = list(
+            client.chat.completions.create(
+                model=model, messages=USER, temperature=0, max_tokens=16, stream=True,
+                stream_options={"include_usage": True},
+            )
+        )  # fmt: skip
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == whole.choices[0].message.content
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_concurrent_requests_across_adapters_match_sequential(server):
+    client = server.client()
+    jobs = [(model, f"request {i}: say something") for i, model in enumerate((ADAPTERS * 3)[:8])]
+    before = engine_stats(server).get("decode_steps", 0)
+    sequential = [ask(client, m, c) for m, c in jobs]
+    sequential_steps = engine_stats(server)["decode_steps"] - before
+    before = engine_stats(server)["decode_steps"]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda job: ask(client, *job), jobs))
+    concurrent_steps = engine_stats(server)["decode_steps"] - before
+    assert concurrent == sequential
+    assert concurrent_steps < sequential_steps  # requests really shared decode steps
+
+
+def test_adapters_differ_from_base_and_each_other(server):
+    client = server.client()
+    outputs = {m: ask(client, m, "hello there") for m in ["tiny-llama", *ADAPTERS]}
+    assert len(set(outputs.values())) == 4
+
+
+def test_models_list_shows_adapters_with_parent(server):
+    models = {m.id: m for m in server.client().models.list()}
+    assert all(models[a].parent == "tiny-llama" for a in ADAPTERS)
+
+
+def test_n_seed_and_sampling(server):
+    client = server.client()
+    kw = {"model": "tiny-llama", "messages": USER, "max_tokens": 10, "temperature": 1.0}
+    a = client.chat.completions.create(n=3, seed=7, **kw)
+    b = client.chat.completions.create(n=3, seed=7, **kw)
+    assert len(a.choices) == 3 and [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert len({c.message.content for c in a.choices}) > 1
+
+
+def test_stop_sequence(server):
+    client = server.client()
+    full = ask(client, ADAPTERS[0], "count", max_tokens=24)
+    stop = next(full[k : k + 3] for k in range(2, len(full) - 3) if full[k : k + 3] not in full[: k + 2])
+    cut = client.chat.completions.create(
+        model=ADAPTERS[0], messages=[{"role": "user", "content": "count"}], temperature=0, max_tokens=24, stop=[stop]
+    )
+    assert cut.choices[0].message.content == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_logprobs(server):
+    r = server.client().chat.completions.create(
+        model="tiny-llama", messages=USER, temperature=0, max_tokens=4, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 4
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.logprob <= 0
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy picks the top token
+    assert "".join(e.token for e in content) == r.choices[0].message.content
+
+
+def test_json_object_mode(server):
+    for seed in range(3):
+        r = server.client().chat.completions.create(
+            model=ADAPTERS[seed], messages=USER, max_tokens=30, temperature=0.7, seed=seed,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+        text = r.choices[0].message.content
+        assert text.startswith("{") and JsonPrefix().feed(text)
+        if r.choices[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict)
+
+
+def test_completions_endpoint(server):
+    client = server.client()
+    r = client.completions.create(model="tiny-llama", prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert r.object == "text_completion" and r.usage.completion_tokens == 6 and r.choices[0].finish_reason == "length"
+    again = client.completions.create(model="tiny-llama", prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert again.choices[0].text == r.choices[0].text
+
+
+def test_client_disconnect_stops_generation(server):
+    client = server.client()
+    stream = client.chat.completions.create(
+        model="tiny-llama", messages=USER, max_tokens=2000, temperature=0.9, stream=True
+    )
+    next(iter(stream))
+    assert engine_stats(server)["active"] == 1
+    stream.close()
+    wait_for(lambda: engine_stats(server)["active"] == 0, 10, what="the abandoned request to stop")
+
+
+def test_error_cases(server):
+    client = server.client()
+    with pytest.raises(openai.NotFoundError) as err:
+        ask(client, "no-such-model", "hi")
+    assert err.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "tiny-llama", "word " * 1100)
+    assert err.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "robot", "content": "x"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny-llama", messages=[])
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="tiny-llama", messages=USER, tools=[{"type": "function", "function": {"name": "f"}}]
+        )
+    assert "tools" in err.value.message and err.value.param == "tools"
+
+
+def test_queue_full_is_429(tmp_path_factory, tiny_model_dir):
+    home = _home(tmp_path_factory, tiny_model_dir, "busy-home")
+    env = {"TUNELOOP_MAX_BATCH": "1", "TUNELOOP_MAX_QUEUED_REQUESTS": "1"}
+    srv = ServerProcess(home, "--no-worker", env=env).wait_ready()
+    try:
+        client = srv.client()
+        ask(client, "tiny-llama", "warm up")
+
+        def long_request(_):
+            try:
+                ask(client, "tiny-llama", "go", max_tokens=200)
+                return None
+            except openai.RateLimitError as exc:
+                return exc
+
+        with ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(long_request, range(5)))
+        limited = [r for r in results if r is not None]
+        assert limited and limited[0].response.headers.get("retry-after") == "1"
+        assert any(r is None for r in results)
+    finally:
+        srv.stop()
