@@ -197,3 +197,16 @@ def test_queue_full_is_429(tmp_path_factory, tiny_model_dir):
         assert any(r is None for r in results)
     finally:
         srv.stop()
+
+
+def test_cli_chat_with_fine_tuned_model_locally_and_through_the_server(server, monkeypatch):
+    from helpers import run_cli
+
+    expected = ask(server.client(), ADAPTERS[1], "hello", max_tokens=8)
+    remote = run_cli("chat", ADAPTERS[1], "-m", "hello", "--max-tokens", "8", "--base-url", server.base_url)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == expected + "\n"
+    monkeypatch.setenv("TUNELOOP_HOME", str(server.home))
+    local = run_cli("chat", ADAPTERS[1], "-m", "hello", "--max-tokens", "8")
+    assert local.returncode == 0, local.stderr
+    assert local.stdout == expected + "\n"
