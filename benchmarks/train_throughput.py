@@ -2,12 +2,15 @@
 
 Trains SmolLM2-135M-Instruct with LoRA (r=16, alpha=32, dropout 0, all linear layers) for one
 epoch over the first N examples of Snips ``intent_train.jsonl``, batch 8, AdamW at 2e-4 with a
-linear schedule (5% warm-up), loss on the assistant reply only, with
+linear decay (no warm-up: the two libraries' warm-ups differ), loss on the assistant reply only, with
 
 * tuneloop: ``tuneloop.train.train`` (packed batches, shared prompt prefix computed once,
   vocabulary projection at label positions only);
 * TRL (fast): ``SFTTrainer`` with prompt/completion data (completion-only loss), ``bf16=False``,
-  ``gradient_checkpointing=False``, no packing — its fastest settings on a CPU;
+  ``gradient_checkpointing=False``, no packing — its fastest settings on a CPU. Its prompts and
+  completions are the text of the same chat template, the completion being the reply and its
+  ``<|im_end|>``, and the examples come in tuneloop's order with a sequential sampler, so both arms
+  train on the same tokens in the same batches and their losses can be compared;
 * TRL (defaults, optional): the same with TRL's defaults (bf16 autocast, gradient checkpointing),
   on fewer examples because it is an order of magnitude slower.
 
@@ -44,6 +47,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "snips"
 MODEL = "smollm2-135m-instruct"
 LR = 2e-4
 EVAL_EXAMPLES = 64
+SEED = 42
 
 
 def read_jsonl(path: Path, n: int) -> list[dict]:
@@ -135,7 +139,8 @@ def arm_tuneloop(n: int, batch: int, max_length: int, out: Path) -> dict:
         lora_alpha=32,
         lora_dropout=0.0,
         max_length=max_length,
-        warmup_ratio=0.05,
+        warmup_ratio=0.0,
+        seed=SEED,
         device="cpu",
     )
     result = train(config)
@@ -204,10 +209,21 @@ def arm_trl(n: int, batch: int, max_length: int, out: Path, fast: bool) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    from tuneloop.data.render import ChatRenderer
+    from tuneloop.train.batching import epoch_order
+
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     folder, tokenizer = model_parts()
     rows = read_jsonl(DATA / "intent_train.jsonl", n)
-    dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+    # The same token sequences and trained tokens as tuneloop (the chat template's text, loss on the
+    # reply and its <|im_end|>), in tuneloop's order, so both see the same batches at each step.
+    renderer = ChatRenderer(tokenizer)
+    pairs = []
+    for i in epoch_order(len(rows), SEED, 1):
+        messages = rows[i]["messages"]
+        prompt = renderer.text(messages[:-1], add_generation_prompt=True)
+        pairs.append({"prompt": prompt, "completion": renderer.text(messages)[len(prompt) :].rstrip("\n")})
+    dataset = Dataset.from_list(pairs)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     speed = {"bf16": False, "gradient_checkpointing": False} if fast else {}
     args = SFTConfig(
@@ -217,7 +233,7 @@ def arm_trl(n: int, batch: int, max_length: int, out: Path, fast: bool) -> dict:
         num_train_epochs=1,
         learning_rate=LR,
         lr_scheduler_type="linear",
-        warmup_steps=0.05,  # a ratio of the steps
+        warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
         max_length=max_length,
@@ -227,10 +243,12 @@ def arm_trl(n: int, batch: int, max_length: int, out: Path, fast: bool) -> dict:
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        seed=42,
+        seed=SEED,
+        train_sampling_strategy="sequential",
         **speed,
     )
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    torch.manual_seed(SEED)  # the LoRA initialisation draws the same numbers as tuneloop's
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )

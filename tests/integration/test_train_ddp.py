@@ -49,6 +49,7 @@ def test_two_processes_match_one(tmp_path: Path, tiny_model: str) -> None:
         "learning_rate_multiplier": 20.0,
         "lora_r": 4,
         "lora_dropout": 0.0,
+        "micro_batch_size": 3,  # gradient accumulation too, with unequal micro-batch counts per process
         "device": "cpu",
     }
     single = train(TrainConfig(output_dir=tmp_path / "one", **common))

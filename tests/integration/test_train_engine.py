@@ -39,18 +39,21 @@ WORDS = [
 LABELS = ["Music", "Weather", "Books", "Food", "Travel"]
 
 
-def conversations(n: int, seed: int = 0) -> list[dict]:
-    """Chat examples sharing one system prompt, with user texts of varied length."""
+def conversations(n: int, seed: int = 0, long_answers: bool = False) -> list[dict]:
+    """Chat examples sharing one system prompt, with user texts (and, optionally, answers) of varied length."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 14)))
+        answer = rng.choice(LABELS)
+        if long_answers:  # examples then carry different numbers of trained tokens
+            answer += "".join(" " + rng.choice(WORDS) for _ in range(rng.randint(0, 6)))
         out.append(
             {
                 "messages": [
                     {"role": "system", "content": SYSTEM},
                     {"role": "user", "content": text},
-                    {"role": "assistant", "content": rng.choice(LABELS)},
+                    {"role": "assistant", "content": answer},
                 ]
             }
         )
@@ -172,7 +175,7 @@ def test_packed_batch_equals_one_example_at_a_time(tiny_model_dir: Path, share_p
 def run_config(tmp_path: Path, model: str, name: str, **kw) -> TrainConfig:
     data = tmp_path / "train.jsonl"
     if not data.exists():
-        write_jsonl(data, conversations(24, seed=2))
+        write_jsonl(data, conversations(24, seed=2, long_answers=True))
     defaults = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 20.0, "lora_r": 4, "lora_dropout": 0.0}
     return TrainConfig(model=model, training_file=data, output_dir=tmp_path / name, **{**defaults, **kw})
 

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from tuneloop.cli import chat, data, files, jobs, models, serve
+from tuneloop.cli import eval as eval_cli
 from tuneloop.cli import train as train_cli
 from tuneloop.errors import TuneloopError
 
@@ -23,6 +24,7 @@ app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
 app.command("chat")(chat.chat)
 app.command("train")(train_cli.train)
+app.command("eval")(eval_cli.eval_command)
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
 

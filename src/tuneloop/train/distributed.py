@@ -63,7 +63,9 @@ class DistContext:
         if not self.enabled:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        # No collective inside forward (buffers are constants here), so processes may run
+        # different numbers of micro-batches in a step.
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
 def init_distributed(device: str) -> DistContext:

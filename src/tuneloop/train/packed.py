@@ -3,7 +3,8 @@
 The decoder layers' own modules (norms, projections, MLP, rotary embedding) do the work, so LoRA
 adapters injected by ``peft`` apply as usual; only the attention pattern differs from the stock
 forward: the prefix attends causally to itself, and each example attends to the whole prefix and
-causally to its own tokens. Supported: Llama, Mistral, Qwen2 (the catalog's architectures).
+causally to its own tokens. Supported: Llama, Mistral, Qwen2 (the catalog's architectures);
+sliding-window attention is not implemented, so longer sequences than the window are refused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuneloop.errors import TuneloopError
 from tuneloop.train.batching import PackedBatch
 from tuneloop.train.loss import label_loss
 
@@ -78,10 +80,15 @@ class PackedCausalLM(nn.Module):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._decoder = base.model
         self._lm_head = base.lm_head
+        config = base.config
+        use_window = getattr(config, "use_sliding_window", True)  # Qwen2 has the field, Mistral does not
+        self._window = getattr(config, "sliding_window", None) if use_window else None
 
     def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
         """Final (normalised) hidden states at the label positions, (N, hidden)."""
         decoder = self._decoder
+        if self._window and batch.prefix_length + batch.longest_suffix > self._window:
+            raise TuneloopError(f"examples longer than the model's sliding window ({self._window}): lower max_length")
         h = decoder.embed_tokens(batch.input_ids)
         cos, sin = decoder.rotary_emb(h.unsqueeze(0), batch.position_ids.unsqueeze(0))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (L, 1, D): broadcast over heads

@@ -1,0 +1,389 @@
+"""Run candidates over a held-out file through any OpenAI-compatible Chat Completions endpoint.
+
+Each held-out chat example is split into a prompt (every message before its last assistant
+message) and a reference (that message's text). Every candidate answers every prompt with
+greedy decoding; requests of all candidates are interleaved over a small thread pool, so load
+changes on the server affect all candidates alike. Latency is the wall time of each request as
+the client sees it (with ``concurrency`` > 1 it includes queueing on a server that answers one
+request at a time).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tuneloop.data.examples import ChatExample, DataError, load_examples
+from tuneloop.data.render import content_text
+from tuneloop.errors import TuneloopError
+from tuneloop.evals.fewshot import DEFAULT_TOKEN_BUDGET, FewShotPrompter, estimate_tokens
+from tuneloop.evals.graders import (
+    GradeResult,
+    PairwiseJudge,
+    StringOperation,
+    Verdict,
+    select_graders,
+)
+
+if TYPE_CHECKING:
+    import openai
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_API_KEY = "tuneloop"
+#: HTTP statuses that mean a candidate cannot work at all (stop the run instead of recording errors).
+FATAL_STATUSES = (401, 403, 404)
+
+
+class EndpointUnreachableError(TuneloopError):
+    """No server answers at a candidate's (or the judge's) base URL."""
+
+    exit_code = 2
+
+
+class CandidateError(TuneloopError):
+    """A candidate the endpoint rejects outright (unknown model, bad key)."""
+
+    exit_code = 2
+
+
+@dataclass
+class Candidate:
+    """One row of the comparison: a model behind an OpenAI-compatible endpoint, prompted one way."""
+
+    name: str
+    model: str
+    #: None: the run's ``base_url``.
+    base_url: str | None = None
+    #: None: the run's ``api_key``.
+    api_key: str | None = None
+    #: None: zero-shot; ``"auto"``: as many training shots as fit the token budget; an int: that many.
+    few_shot: int | Literal["auto"] | None = None
+
+    @property
+    def is_few_shot(self) -> bool:
+        """Whether training examples are shown before each question."""
+        return self.few_shot is not None and self.few_shot != 0
+
+
+@dataclass
+class JudgeConfig:
+    """The model that judges candidates pairwise (any OpenAI-compatible endpoint)."""
+
+    model: str
+    base_url: str | None = None
+    api_key: str | None = None
+    max_tokens: int = 16
+
+
+@dataclass
+class EvalConfig:
+    """Everything one evaluation run needs."""
+
+    #: Held-out chat JSONL; the last assistant message of each example is the reference.
+    data: Path
+    candidates: list[Candidate]
+    #: Training chat JSONL the few-shot examples are drawn from.
+    train: Path | None = None
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str = DEFAULT_API_KEY
+    #: ``auto`` or a grader name (see ``tuneloop.evals.graders.GRADER_NAMES``).
+    grader: str = "auto"
+    #: The operation of the ``string_check`` grader.
+    string_check_operation: StringOperation = "eq"
+    judge: JudgeConfig | None = None
+    #: Evaluate only the first N held-out examples.
+    limit: int | None = None
+    max_tokens: int = 256
+    #: Requests in flight at once.
+    concurrency: int = 4
+    #: Token budget of the shots when a candidate's ``few_shot`` is ``"auto"``.
+    fewshot_budget: int = DEFAULT_TOKEN_BUDGET
+    #: Counts tokens of few-shot examples (default: about four characters per token).
+    count_tokens: Callable[[str], int] | None = None
+    seed: int = 0
+    #: Seconds before a request is abandoned.
+    timeout: float = 600.0
+    #: Retries of a failed request (connection errors, 429, 5xx) by the ``openai`` client.
+    max_retries: int = 1
+    #: Candidate the ratios are taken against (default: the first few-shot candidate, else the first).
+    baseline: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvalItem:
+    """One held-out example: the prompt sent and the reference answer expected."""
+
+    index: int
+    line: int
+    prompt: list[dict[str, Any]]
+    reference: str
+
+
+@dataclass
+class ExampleResult:
+    """One candidate's answer to one item."""
+
+    index: int
+    output: str
+    latency_s: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    shots: int = 0
+    error: str | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class CandidateRun:
+    """One candidate's answers, grades and (when judged) verdicts against the baseline."""
+
+    candidate: Candidate
+    results: list[ExampleResult]
+    grades: list[GradeResult] = field(default_factory=list)
+    verdicts: list[Verdict] | None = None
+
+
+@dataclass
+class EvalRun:
+    """The raw outcome of an evaluation; ``tuneloop.evals.report.build_report`` summarises it."""
+
+    config: EvalConfig
+    items: list[EvalItem]
+    runs: list[CandidateRun]
+    baseline: str
+    task: str
+    started_at: float
+    elapsed_s: float
+
+
+def load_items(path: Path, limit: int | None = None) -> list[EvalItem]:
+    """Held-out chat examples as (prompt, reference) items."""
+    fmt, examples = load_examples(path)
+    if fmt != "chat":
+        raise DataError(f"{path}: evaluation needs chat examples ({{'messages': [...]}}), not {fmt}")
+    items = []
+    for example in examples:
+        assert isinstance(example, ChatExample)
+        messages = example.messages
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last is None or last == 0:
+            raise DataError(f"{path}:{example.line}: no assistant message after the prompt to use as the reference")
+        prompt = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages[:last]]
+        items.append(EvalItem(len(items), example.line, prompt, content_text(messages[last].get("content"))))
+        if limit is not None and len(items) >= limit:
+            break
+    return items
+
+
+def load_training_conversations(path: Path) -> list[list[dict[str, Any]]]:
+    """The conversations of a chat training file (the few-shot pool)."""
+    fmt, examples = load_examples(path)
+    if fmt != "chat":
+        raise DataError(f"{path}: few-shot examples must be chat examples, not {fmt}")
+    return [e.messages for e in examples if isinstance(e, ChatExample)]
+
+
+def choose_baseline(candidates: Sequence[Candidate], name: str | None = None) -> str:
+    """The candidate ratios are taken against: ``name``, else the first few-shot candidate, else the first."""
+    names = [c.name for c in candidates]
+    if name is not None:
+        if name not in names:
+            raise TuneloopError(f"baseline '{name}' is not a candidate ({', '.join(names)})")
+        return name
+    return next((c.name for c in candidates if c.is_few_shot), names[0])
+
+
+class _Clients:
+    """One ``openai.OpenAI`` client per (base URL, key), shared by the worker threads."""
+
+    def __init__(self, timeout: float, max_retries: int):
+        self.timeout, self.max_retries = timeout, max_retries
+        self._clients: dict[tuple[str, str], openai.OpenAI] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base_url: str, api_key: str) -> openai.OpenAI:
+        import openai
+
+        key = (base_url, api_key)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = openai.OpenAI(
+                    base_url=base_url, api_key=api_key, max_retries=self.max_retries, timeout=self.timeout
+                )
+            return self._clients[key]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return f"{body['message']} (HTTP {exc.status_code})"
+    return f"HTTP {exc.status_code}"
+
+
+def chat_once(
+    client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int, base_url: str, label: str
+) -> tuple[str, float, int | None, int | None, str | None]:
+    """One greedy chat completion: (text, latency s, prompt tokens, completion tokens, finish reason).
+
+    Connection failures and outright rejections (401/403/404) raise ``TuneloopError``s; other
+    API errors propagate as ``openai.APIStatusError``.
+    """
+    import openai
+
+    started = time.perf_counter()
+    try:
+        response = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens)
+    except openai.APITimeoutError as exc:
+        raise EndpointUnreachableError(f"{label}: the server at {base_url} did not answer in time") from exc
+    except openai.APIConnectionError as exc:
+        raise EndpointUnreachableError(f"{label}: cannot reach an OpenAI-compatible server at {base_url}") from exc
+    except openai.APIStatusError as exc:
+        if exc.status_code in FATAL_STATUSES:
+            raise CandidateError(f"{label}: model '{model}' at {base_url}: {_status_message(exc)}") from exc
+        raise
+    latency = time.perf_counter() - started
+    choice = response.choices[0] if response.choices else None
+    text = (choice.message.content or "") if choice else ""
+    usage = response.usage
+    return (
+        text,
+        latency,
+        usage.prompt_tokens if usage else None,
+        usage.completion_tokens if usage else None,
+        choice.finish_reason if choice else None,
+    )
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="req", disable=None if enabled else True, leave=False)
+
+
+def _run_all(tasks: list[Callable[[], Any]], workers: int, bar) -> list[Any]:
+    """Run tasks on a thread pool in order of submission; the first TuneloopError stops the run."""
+    results: list[Any] = [None] * len(tasks)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures: list[Future] = [pool.submit(task) for task in tasks]
+        try:
+            for i, future in enumerate(futures):
+                results[i] = future.result()
+                bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+def _prompts(config: EvalConfig, candidate: Candidate, items: list[EvalItem], pool) -> list[tuple[list[dict], int]]:
+    if not candidate.is_few_shot:
+        return [(item.prompt, 0) for item in items]
+    if pool is None:
+        raise TuneloopError(f"candidate '{candidate.name}' is few-shot: give a training file to draw examples from")
+    k = None if candidate.few_shot == "auto" else int(candidate.few_shot)  # type: ignore[arg-type]
+    count = config.count_tokens or estimate_tokens
+    prompter = FewShotPrompter(pool, k=k, token_budget=config.fewshot_budget, seed=config.seed, count_tokens=count)
+    return [prompter.build(item.prompt) for item in items]
+
+
+def run_eval(config: EvalConfig) -> EvalRun:
+    """Ask every candidate every held-out question, grade the answers, judge pairwise if configured."""
+    import openai
+
+    if not config.candidates:
+        raise TuneloopError("no candidates to evaluate")
+    names = [c.name for c in config.candidates]
+    if len(set(names)) != len(names):
+        raise TuneloopError(f"candidate names must be unique: {names}")
+    items = load_items(config.data, config.limit)
+    references = [item.reference for item in items]
+    graders = select_graders(references, config.grader, config.string_check_operation)
+    if not graders and config.judge is None:
+        raise TuneloopError("the judge grader needs a judge model")
+    if config.judge is not None and len(config.candidates) < 2:
+        raise TuneloopError("the judge compares candidates with the baseline: give at least two candidates")
+    baseline = choose_baseline(config.candidates, config.baseline)
+    pool = None
+    if any(c.is_few_shot for c in config.candidates) and config.train is not None:
+        pool = load_training_conversations(config.train)
+    prompts = {c.name: _prompts(config, c, items, pool) for c in config.candidates}
+
+    clients = _Clients(config.timeout, config.max_retries)
+    started_at, started = time.time(), time.perf_counter()
+
+    def ask(candidate: Candidate, item: EvalItem) -> ExampleResult:
+        messages, shots = prompts[candidate.name][item.index]
+        base_url = candidate.base_url or config.base_url
+        client = clients.get(base_url, candidate.api_key or config.api_key)
+        try:
+            text, latency, p, c, finish = chat_once(
+                client, candidate.model, messages, config.max_tokens, base_url, candidate.name
+            )
+        except openai.APIStatusError as exc:
+            return ExampleResult(item.index, "", 0.0, shots=shots, error=_status_message(exc))
+        return ExampleResult(item.index, text, latency, p, c, shots, finish_reason=finish)
+
+    try:
+        tasks = [
+            (lambda c=c, it=it: ask(c, it))  # interleave candidates so load affects all alike
+            for it in items
+            for c in config.candidates
+        ]
+        with _progress(len(tasks), "eval", config.progress) as bar:
+            answers = _run_all(tasks, config.concurrency, bar)
+        runs = []
+        for j, candidate in enumerate(config.candidates):
+            results = answers[j :: len(config.candidates)]
+            outputs = [r.output for r in results]
+            runs.append(CandidateRun(candidate, results, [g.grade(outputs, references) for g in graders]))
+        if config.judge is not None:
+            _judge(config, config.judge, items, runs, baseline, clients)
+    finally:
+        clients.close()
+    task = graders[0].name if graders else "judge"
+    return EvalRun(config, items, runs, baseline, task, started_at, time.perf_counter() - started)
+
+
+def _judge(
+    config: EvalConfig, judge: JudgeConfig, items: list[EvalItem], runs: list[CandidateRun], baseline: str, clients
+) -> None:
+    """Judge every candidate against the baseline, example by example."""
+    base_url = judge.base_url or config.base_url
+    client = clients.get(base_url, judge.api_key or config.api_key)
+
+    def complete(messages: list[dict]) -> str:
+        import openai
+
+        try:
+            return chat_once(client, judge.model, messages, judge.max_tokens, base_url, "judge")[0]
+        except openai.APIStatusError:
+            return ""  # an unreadable verdict: counted as a tie, and as unparsed
+
+    pairwise = PairwiseJudge(complete, seed=config.seed)
+    base_run = next(r for r in runs if r.candidate.name == baseline)
+    others = [r for r in runs if r.candidate.name != baseline]
+    tasks = [
+        (
+            lambda r=r, it=it: pairwise.compare(
+                it.index, it.prompt, it.reference, r.results[it.index].output, base_run.results[it.index].output
+            )
+        )
+        for r in others
+        for it in items
+    ]
+    with _progress(len(tasks), "judge", config.progress) as bar:
+        verdicts = _run_all(tasks, config.concurrency, bar)
+    for k, run in enumerate(others):
+        run.verdicts = verdicts[k * len(items) : (k + 1) * len(items)]
+    base_run.verdicts = [Verdict("tie", False, True, None) for _ in items]
