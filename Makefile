@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/tuneloop chat smollm2-135m-instruct -m "What is the capital of France?"
+	$(BIN)/tuneloop quickstart --workdir quickstart-run
 
 test: install
 	$(BIN)/pytest -q

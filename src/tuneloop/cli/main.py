@@ -9,6 +9,7 @@ import typer
 from tuneloop.cli import chat, data, files, jobs, models, serve
 from tuneloop.cli import eval as eval_cli
 from tuneloop.cli import train as train_cli
+from tuneloop.cli.quickstart import quickstart
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
 app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
+app.command("quickstart")(quickstart)
 app.command("chat")(chat.chat)
 app.command("train")(train_cli.train)
 app.command("eval")(eval_cli.eval_command)

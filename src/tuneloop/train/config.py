@@ -108,10 +108,9 @@ class ResolvedHyperparameters(BaseModel):
 def resolve_batch_size(n_examples: int) -> tuple[int, str]:
     """Batch size for ``"auto"``: about n/32 rounded to a power of two, within [4, 32].
 
-    n/32 gives about 32 optimizer steps per epoch whatever the data size (OpenAI's auto batch is
-    also proportional to the data, ~0.2%, but far smaller data sets are trained here); at least 4
-    so a micro-batch computes a shared system prompt once for several examples (the cost per
-    token on CPU falls with the batch: 2.5x fewer tokens computed on Snips at batch 8).
+    A starting rule, not yet confirmed by a sweep (benchmarks/sweep_auto_hparams.py runs one): it
+    keeps roughly 32 steps per epoch, and a batch of 8 or more lets the trainer compute a shared
+    system prompt once for many examples (cheaper per token on CPU).
     """
     raw = max(1, n_examples) / 32
     size = int(min(32, max(4, 2 ** round(math.log2(raw))))) if raw >= 1 else 4
@@ -121,9 +120,9 @@ def resolve_batch_size(n_examples: int) -> tuple[int, str]:
 def resolve_learning_rate_multiplier(batch_size: int, method: str) -> tuple[float, str]:
     """Learning-rate multiplier for ``"auto"``: 2 x sqrt(batch_size / 8) for LoRA, 1 for full.
 
-    A peak LoRA learning rate of 2e-4 at batch 8 (the common LoRA default, and the setting of the
-    training benchmark, where one epoch of 256 Snips examples reaches a held-out loss of 0.25),
-    scaled with the square root of the batch size so the update noise stays comparable.
+    Square-root scaling keeps the update noise comparable across batch sizes; the constant 2 (a
+    peak LoRA learning rate of 2e-4 at batch 8) is the common LoRA default. Not yet confirmed by
+    benchmarks/sweep_auto_hparams.py.
     """
     if method == "full":
         return 1.0, "full fine-tuning: 1.0 (learning rate 1e-5)"
