@@ -51,7 +51,7 @@ def _start_server(settings: Settings, port: int, log: Path) -> subprocess.Popen:
     raise TuneloopError(f"the server did not start within 2 minutes; see {log}")
 
 
-def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_valid: int = 60) -> Path:
+def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_valid: int = 60, base: str = BASE) -> Path:
     """Run the loop end to end; return the path of the HTML report."""
     from tuneloop.cli.data import print_report as print_validation
     from tuneloop.cli.jobs import watch
@@ -67,9 +67,9 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
     train_file, valid_file = write_task(workdir / "data", n_train, n_valid)
     console.print(f"wrote {n_train} training and {n_valid} held-out examples to {train_file.parent}")
     catalog = Catalog(settings)
-    entry = catalog.ensure_ready(catalog.get(BASE))
+    entry = catalog.ensure_ready(catalog.get(base))
     report = validate_file(train_file, ChatRenderer(load_tokenizer(entry)), entry.context_length, entry.parameter_count)
-    print_validation(report, BASE)
+    print_validation(report, base)
     if not report.ok:
         raise TuneloopError("the generated training file did not validate")
 
@@ -86,7 +86,7 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
         with valid_file.open("rb") as f:
             validation = client.files.create(file=f, purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
-            model=BASE, training_file=training.id, validation_file=validation.id, suffix="quickstart"
+            model=base, training_file=training.id, validation_file=validation.id, suffix="quickstart"
         )
         console.print(f"created {job.id} (uploaded {training.id}, {validation.id}); following it:")
         job = watch(client, job.id)
@@ -96,8 +96,8 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
 
         _step(3, "Evaluate: base zero-shot vs base few-shot vs fine-tuned, on held-out examples")
         candidates = [
-            Candidate("base zero-shot", BASE),
-            Candidate("base few-shot", BASE, few_shot="auto"),
+            Candidate("base zero-shot", base),
+            Candidate("base few-shot", base, few_shot="auto"),
             Candidate("fine-tuned", job.fine_tuned_model),
         ]
         config = EvalConfig(
