@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,12 +149,16 @@ def test_completions_endpoint(server):
 def test_client_disconnect_stops_generation(server):
     client = server.client()
     stream = client.chat.completions.create(
-        model="tiny-llama", messages=USER, max_tokens=2000, temperature=0.9, stream=True
+        model="tiny-llama", messages=USER, max_tokens=1000, temperature=0, stream=True
     )
-    next(iter(stream))
-    assert engine_stats(server)["active"] == 1
+    next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)  # generating now
+    stats = engine_stats(server)
+    assert stats["active"] + stats["waiting"] == 1
     stream.close()
     wait_for(lambda: engine_stats(server)["active"] == 0, 10, what="the abandoned request to stop")
+    steps = engine_stats(server)["decode_steps"]
+    time.sleep(1)
+    assert engine_stats(server)["decode_steps"] == steps  # no compute spent on it any more
 
 
 def test_error_cases(server):
