@@ -1,0 +1,521 @@
+"""Serving throughput: tuneloop's continuous-batching multi-LoRA server vs Hugging Face ``generate``.
+
+Starts the real ``tuneloop serve`` on the bundled SmolLM2-135M-Instruct with 4 random LoRA
+adapters (r=16, alpha=32, every linear layer) registered as fine-tuned models, and drives it with
+concurrent streaming clients (the official ``openai`` client, ``stream=True``, greedy decoding, a
+fixed ``max_tokens``, varied short prompts). For each scenario it reports:
+
+* aggregate output tokens/s: the completion tokens of every request (``usage.completion_tokens``)
+  over the wall time from the first request sent to the last one finished;
+* time to first token (TTFT, p50/p95): from sending a request to its first content chunk;
+* inter-token latency (ITL): the mean gap between consecutive content chunks of a request;
+* the mean decode batch (from the engine's ``decode_steps`` in ``GET /health``).
+
+Next to it, in the same run and before the server starts (so the two never compete for the
+cores), the naive baseline: the same model in float32 with ``transformers``, one request at a time,
+``model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)`` on the same prompts.
+
+Adapter memory is measured twice: each adapter's tensors as the server loads them
+(``tuneloop.serve.lora_weights.load_lora``) over the base model's parameter bytes, and the
+server's resident-set growth (``VmRSS``) on the first request to each adapter.
+
+Targets (2 CPU cores): single stream (base model) >= 3x the baseline's tokens/s; 16 concurrent
+streams >= 5x the single-stream aggregate (same model mix); 16 streams mixing 4 adapters >= 0.8x
+16 streams on one adapter; each loaded adapter < 5% of the base model's memory.
+
+Usage (about 5 minutes on a 2-core laptop; the converted model is reused from ``TUNELOOP_HOME``
+or ``~/.tuneloop`` when it is there)::
+
+    python benchmarks/serve_throughput.py [--max-tokens 64] [--quick] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL = "smollm2-135m-instruct"
+N_ADAPTERS = 4
+ADAPTERS = [f"ft:{MODEL}:local:bench{i}:ftjob-bench{i}" for i in range(N_ADAPTERS)]
+LORA_RANK, LORA_ALPHA, LORA_B_STD = 16, 32, 0.04
+API_KEY = "bench"
+
+#: Short user questions that invite answers longer than ``max_tokens`` (requests cycle through them).
+PROMPTS = [
+    "Explain how a bicycle gear system works.",
+    "Write a short story about a lighthouse keeper.",
+    "Describe the water cycle for a ten-year-old.",
+    "What are the benefits of regular exercise?",
+    "Explain why the sky is blue.",
+    "Give some tips for learning a new language.",
+    "Describe a typical day in ancient Rome.",
+    "How do airplanes stay in the air?",
+    "Write a letter to a friend about your holiday.",
+    "Explain how vaccines train the immune system.",
+    "What makes a good cup of coffee?",
+    "Describe how a computer stores information.",
+    "Tell me about the history of the printing press.",
+    "How do bees make honey?",
+    "Explain the rules of chess to a beginner.",
+    "What should I pack for a week of hiking?",
+]
+
+
+# -- setup -----------------------------------------------------------------------------------------
+def prepare_home(home: Path) -> Path:
+    """Make ``home`` a tuneloop home whose bundled model is ready; return the model folder.
+
+    The caller's converted model (``$TUNELOOP_HOME`` or ``~/.tuneloop``) is symlinked in when it
+    exists, so the 45 s GGUF conversion runs only on a machine that never did it.
+    """
+    from tuneloop.config import Settings
+    from tuneloop.models import Catalog
+
+    source = Settings().models_dir / MODEL
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    if (source / "config.json").is_file():
+        (home / "models" / MODEL).symlink_to(source.resolve(), target_is_directory=True)
+    catalog = Catalog(Settings(home=home, database_url=None))
+    entry = catalog.ensure_ready(catalog.get(MODEL))
+    assert entry.path is not None
+    return entry.path
+
+
+def make_adapters(model_dir: Path, out: Path, count: int) -> list[Path]:
+    """Save ``count`` PEFT LoRA adapters (every linear layer) with small random B, so outputs differ."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folders = []
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    for i in range(count):
+        torch.manual_seed(1000 + i)
+        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear")
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, LORA_B_STD)
+        folder = out / f"adapter-{i}"
+        model.save_pretrained(str(folder))
+        folders.append(folder)
+        base = model.unload()  # the plain base model again, for the next adapter
+    return folders
+
+
+def register_adapters(home: Path, folders: list[Path]) -> None:
+    """Register the adapters as fine-tuned models of the bundled model in ``home``'s job store."""
+    from tuneloop.config import Settings
+    from tuneloop.store.db import make_engine
+    from tuneloop.store.jobs import JobStore
+
+    jobs = JobStore(make_engine(Settings(home=home, database_url=None)))
+    for model_id, folder in zip(ADAPTERS, folders, strict=True):
+        jobs.add_model(model_id, MODEL, "ftjob-bench", "lora", str(folder))
+
+
+def adapter_memory(model_dir: Path, folders: list[Path]) -> dict[str, Any]:
+    """Base parameter bytes and each adapter's bytes as the server holds them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.serve.lora_weights import load_lora
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights once
+    del model
+    adapters = [load_lora(name, folder).nbytes for name, folder in zip(ADAPTERS, folders, strict=True)]
+    return {"base_bytes": base_bytes, "adapter_bytes": adapters, "ratios": [b / base_bytes for b in adapters]}
+
+
+# -- the naive baseline ----------------------------------------------------------------------------
+def run_baseline(model_dir: Path, prompts: list[list[int]], max_tokens: int, threads: int | None) -> dict[str, Any]:
+    """Hugging Face ``generate``, one request at a time, greedy, exactly ``max_tokens`` new tokens each."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    from tuneloop.models.loading import configure_torch_threads
+
+    class Clock(BaseStreamer):
+        """Records when each new token is produced (``put`` is first called with the prompt)."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.prompt_seen = False
+
+        def put(self, value: torch.Tensor) -> None:
+            if self.prompt_seen:
+                self.times.append(time.perf_counter())
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
+    configure_torch_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+    def generate(ids: list[int], n: int, streamer: BaseStreamer | None = None) -> int:
+        inputs = torch.tensor([ids])
+        with torch.inference_mode():
+            out = model.generate(
+                inputs, attention_mask=torch.ones_like(inputs), do_sample=False, max_new_tokens=n,
+                min_new_tokens=n, pad_token_id=model.generation_config.eos_token_id, streamer=streamer,
+            )  # fmt: skip
+        return out.shape[1] - inputs.shape[1]
+
+    generate(prompts[0], 8)  # warm-up
+    results = []
+    for ids in prompts:
+        clock = Clock()
+        start = time.perf_counter()
+        tokens = generate(ids, max_tokens, clock)
+        end = time.perf_counter()
+        gaps = [b - a for a, b in zip(clock.times, clock.times[1:], strict=False)]
+        results.append(RequestResult(MODEL, start, end, clock.times[0] - start, gaps, tokens))
+    return asdict(summarize("HF generate, 1 at a time", 1, results, 0))
+
+
+# -- measuring the server --------------------------------------------------------------------------
+@dataclass
+class RequestResult:
+    """What one request measured."""
+
+    model: str
+    start: float
+    end: float
+    ttft: float  # seconds to the first content chunk
+    gaps: list[float]  # seconds between consecutive content chunks
+    tokens: int  # completion tokens
+
+
+@dataclass
+class Scenario:
+    """One line of the table."""
+
+    name: str
+    concurrency: int
+    requests: int
+    wall_s: float
+    tokens: int
+    tok_s: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    itl_mean_ms: float
+    itl_p95_ms: float
+    mean_batch: float | None
+    models: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100) of a non-empty list."""
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summarize(name: str, concurrency: int, results: list[RequestResult], decode_steps: int | None) -> Scenario:
+    """Aggregate a scenario's request results."""
+    wall = max(r.end for r in results) - min(r.start for r in results)
+    tokens = sum(r.tokens for r in results)
+    ttfts = [r.ttft * 1000 for r in results]
+    gaps = [g * 1000 for r in results for g in r.gaps]
+    # every request's first token comes from its prefill; the rest from batched decode steps
+    batch = (tokens - len(results)) / decode_steps if decode_steps else None
+    return Scenario(
+        name=name, concurrency=concurrency, requests=len(results), wall_s=wall, tokens=tokens, tok_s=tokens / wall,
+        ttft_p50_ms=percentile(ttfts, 50), ttft_p95_ms=percentile(ttfts, 95),
+        itl_mean_ms=statistics.fmean(gaps) if gaps else float("nan"),
+        itl_p95_ms=percentile(gaps, 95) if gaps else float("nan"), mean_batch=batch,
+        models=sorted({r.model for r in results}),
+    )  # fmt: skip
+
+
+class Server:
+    """``tuneloop serve --no-worker`` in a subprocess on a free loopback port."""
+
+    def __init__(self, home: Path, max_batch: int, threads: int | None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+        env.update(TUNELOOP_HOME=str(home), TUNELOOP_MAX_BATCH=str(max_batch), TUNELOOP_API_KEY=API_KEY)
+        if threads:
+            env["TUNELOOP_NUM_THREADS"] = str(threads)
+        self.log_path = home / "serve.log"
+        self.log = self.log_path.open("w")
+        argv = [sys.executable, "-m", "tuneloop.cli.main", "serve", "--no-worker", "--port", str(self.port)]
+        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(self.log_path.read_text()[-3000:])
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+            return json.loads(r.read())
+
+    def decode_steps(self) -> int:
+        return sum(e.get("decode_steps", 0) for e in self.health()["engines"].values())
+
+    def rss_bytes(self) -> int:
+        """The server's resident set size (VmRSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def client(self):
+        import openai
+
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=API_KEY, max_retries=0, timeout=600)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def stream_one(client, model: str, prompt: str, max_tokens: int) -> RequestResult:
+    """One streaming chat completion, timed chunk by chunk."""
+    times: list[float] = []
+    tokens = 0
+    start = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=max_tokens,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            times.append(time.perf_counter())
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    end = time.perf_counter()
+    if not times:
+        raise RuntimeError(f"{model}: no content streamed")
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    return RequestResult(model, start, end, times[0] - start, gaps, tokens)
+
+
+def run_scenario(
+    server: Server, name: str, models: list[str], concurrency: int, n_requests: int, max_tokens: int
+) -> Scenario:
+    """``n_requests`` requests (models round-robin, prompts cycled) from ``concurrency`` closed-loop clients."""
+    client = server.client()
+    jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(n_requests)]
+    steps = server.decode_steps()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda job: stream_one(client, job[0], job[1], max_tokens), jobs))
+    scenario = summarize(name, concurrency, results, server.decode_steps() - steps)
+    print(f"  {name}: {scenario.tok_s:.1f} tok/s, TTFT p50 {scenario.ttft_p50_ms:.0f} ms", file=sys.stderr)
+    return scenario
+
+
+def warm_up(server: Server) -> dict[str, Any]:
+    """Load the engine and every adapter (one short request each), measuring RSS growth per adapter."""
+    client = server.client()
+    probe = "Tell me about the sea."
+    outputs = {}
+    for _ in range(2):  # the first loads the engine; the second touches what a request touches
+        outputs[MODEL] = stream_text(client, MODEL, probe)
+    growth = []
+    for model in ADAPTERS:
+        before = server.rss_bytes()
+        outputs[model] = stream_text(client, model, probe)
+        growth.append(server.rss_bytes() - before)
+    for model in ADAPTERS:  # once more, so every adapter's code path is warm
+        stream_text(client, model, probe)
+    return {"rss_growth_bytes": growth, "distinct_outputs": len(set(outputs.values())), "outputs": outputs}
+
+
+def stream_text(client, model: str, prompt: str, max_tokens: int = 16) -> str:
+    response = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=max_tokens
+    )
+    return response.choices[0].message.content
+
+
+# -- report ----------------------------------------------------------------------------------------
+def print_table(baseline: dict[str, Any], scenarios: list[Scenario]) -> None:
+    header = (
+        f"{'scenario':<32} {'requests':>8} {'conc':>4} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} "
+        f"{'ITL mean':>9} {'batch':>5} {'vs HF':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    base = baseline["tok_s"]
+    rows = [Scenario(**baseline), *scenarios]
+    for s in rows:
+        batch = f"{s.mean_batch:.1f}" if s.mean_batch else "-"
+        print(
+            f"{s.name:<32} {s.requests:>8} {s.concurrency:>4} {s.tok_s:>7.1f} {s.ttft_p50_ms:>7.0f}ms "
+            f"{s.ttft_p95_ms:>7.0f}ms {s.itl_mean_ms:>7.1f}ms {batch:>5} {s.tok_s / base:>5.2f}x"
+        )
+
+
+def check_targets(baseline: dict[str, Any], by_name: dict[str, Scenario], memory: dict[str, Any]) -> list[dict]:
+    """The issue's four targets, each with its measured ratio."""
+    base_1 = by_name["base, 1 stream"].tok_s
+    checks = [
+        ("single stream >= 3x HF generate", base_1 / baseline["tok_s"], 3.0, ">="),
+        ("16 streams >= 5x single stream (mix)", by_name["mix, 16 streams"].tok_s / by_name["mix, 1 stream"].tok_s,
+         5.0, ">="),
+        ("4 adapters >= 0.8x one adapter (16 streams)",
+         by_name["4 adapters, 16 streams"].tok_s / by_name["1 adapter, 16 streams"].tok_s, 0.8, ">="),
+        ("each adapter < 5% of base memory", max(memory["ratios"]), 0.05, "<"),
+    ]  # fmt: skip
+    out = []
+    for name, value, target, op in checks:
+        ok = value >= target if op == ">=" else value < target
+        shown = f"{value * 100:.2f}%" if op == "<" else f"{value:.2f}x"
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {shown}")
+        out.append({"target": name, "value": value, "threshold": target, "pass": ok})
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------------
+def scenario_plan() -> list[tuple[str, list[str], int]]:
+    """(name, models, concurrency) for each scenario."""
+    mix = [MODEL, *ADAPTERS]
+    return [
+        ("base, 1 stream", [MODEL], 1),
+        ("mix, 1 stream", mix, 1),
+        ("mix, 4 streams", mix, 4),
+        ("mix, 16 streams", mix, 16),
+        ("1 adapter, 16 streams", ADAPTERS[:1], 16),
+        ("4 adapters, 16 streams", ADAPTERS, 16),
+    ]
+
+
+def load_average() -> tuple[float, float, float]:
+    """The machine's 1/5/15-minute load averages (other work skews every number on a shared machine)."""
+    return os.getloadavg()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-tokens", type=int, default=64, help="Completion tokens per request.")
+    parser.add_argument("--quick", action="store_true", help="Fewer requests per scenario and baseline prompts.")
+    parser.add_argument("--json", type=Path, help="Also write every number to this file.")
+    parser.add_argument("--max-batch", type=int, default=16, help="TUNELOOP_MAX_BATCH of the server.")
+    parser.add_argument("--threads", type=int, help="Torch threads for the baseline and server (default: all cores).")
+    parser.add_argument("--keep-home", action="store_true", help="Keep the temporary TUNELOOP_HOME (and its log).")
+    args = parser.parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    load_before = load_average()
+    home = Path(tempfile.mkdtemp(prefix="tuneloop-serve-bench-"))
+    server = None
+    try:
+        t0 = time.perf_counter()
+        model_dir = prepare_home(home)
+        folders = make_adapters(model_dir, home / "adapters", N_ADAPTERS)
+        register_adapters(home, folders)
+        memory = adapter_memory(model_dir, folders)
+        print(f"setup: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+        from tuneloop.config import Settings
+        from tuneloop.data.render import ChatRenderer
+        from tuneloop.models import Catalog
+        from tuneloop.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(Catalog(Settings(home=home, database_url=None)).get(MODEL))
+        renderer = ChatRenderer(tokenizer)
+        n_base = 2 if args.quick else 4
+        prompt_ids = [renderer.render_prompt([{"role": "user", "content": p}]) for p in PROMPTS[:n_base]]
+        t0 = time.perf_counter()
+        baseline = run_baseline(model_dir, prompt_ids, args.max_tokens, args.threads)
+        print(f"baseline: {baseline['tok_s']:.1f} tok/s ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+        gc.collect()
+        server = Server(home, args.max_batch, args.threads)
+        server.wait_ready()
+        rss_start = server.rss_bytes()
+        warm = warm_up(server)
+        memory["server_rss_before_bytes"] = rss_start
+        memory["server_rss_growth_bytes"] = warm["rss_growth_bytes"]
+        memory["server_rss_growth_ratios"] = [g / memory["base_bytes"] for g in warm["rss_growth_bytes"]]
+
+        scenarios = []
+        t0 = time.perf_counter()
+        for name, models, concurrency in scenario_plan():
+            n = max(2 if args.quick else 4, concurrency if args.quick else 2 * concurrency)
+            if concurrency == 1 and len(models) > 1:
+                n = max(n, len(models))  # one request per model at least
+            scenarios.append(run_scenario(server, name, models, concurrency, n, args.max_tokens))
+        print(f"server scenarios: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep_home:
+            print(f"home kept at {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    load_after = load_average()
+    print()
+    print(f"Serving throughput, {MODEL}, max_tokens={args.max_tokens}, greedy, streaming, "
+          f"{os.cpu_count()} CPUs, max_batch={args.max_batch}")  # fmt: skip
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min), {load_after[2]:.2f} (15 min)")
+    print()
+    print_table(baseline, scenarios)
+    print()
+    mb = 1024**2
+    base_mb = memory["base_bytes"] / mb
+    print(f"Adapter memory (r={LORA_RANK}, all linear layers); base model parameters: {base_mb:.0f} MB")
+    print("  adapter tensors: " + ", ".join(
+        f"{b / mb:.1f} MB ({r * 100:.2f}%)" for b, r in zip(memory["adapter_bytes"], memory["ratios"], strict=True)
+    ))  # fmt: skip
+    print("  server RSS growth on first use: " + ", ".join(
+        f"{g / mb:.1f} MB ({r * 100:.2f}%)"
+        for g, r in zip(memory["server_rss_growth_bytes"], memory["server_rss_growth_ratios"], strict=True)
+    ))  # fmt: skip
+    print(f"  distinct greedy outputs for base + {N_ADAPTERS} adapters: {warm['distinct_outputs']}/{N_ADAPTERS + 1}")
+    print()
+    print("Targets:")
+    by_name = {s.name: s for s in scenarios}
+    targets = check_targets(baseline, by_name, memory)
+    if args.json:
+        payload = {
+            "model": MODEL, "max_tokens": args.max_tokens, "max_batch": args.max_batch, "quick": args.quick,
+            "cpus": os.cpu_count(), "load_before": load_before, "load_after": load_after,
+            "baseline": baseline, "scenarios": [asdict(s) for s in scenarios],
+            "memory": memory, "warm_up_outputs": warm["outputs"], "targets": targets,
+        }  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
