@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import lru_cache
 
 TARGET_EPOCHS = 3
@@ -26,11 +25,6 @@ def auto_epochs(n_examples: int) -> tuple[int, str]:
         n = max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
         return n, f"{n_examples} examples x 3 > 25000: max(1, 25000 // {n_examples}) = {n} epochs"
     return TARGET_EPOCHS, f"{n_examples} examples: the default 3 epochs"
-
-
-def trained_tokens(token_counts: Iterable[int], max_length: int, n_epochs: int) -> int:
-    """Tokens processed by training: sum of min(tokens, limit) per example, times epochs."""
-    return n_epochs * sum(min(n, max_length) for n in token_counts)
 
 
 #: Effective training rate as a multiple of the measured matmul rate, counting 4 FLOPs per parameter per

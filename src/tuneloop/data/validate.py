@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.data.checks import CHECKS, Problem
-from tuneloop.data.estimate import auto_epochs, trained_tokens, training_seconds
+from tuneloop.data.estimate import auto_epochs, training_seconds
 from tuneloop.data.examples import Example, Format, detect_format, parse_example
 from tuneloop.data.render import ChatRenderer, TemplateError
 
@@ -227,7 +227,7 @@ def validate_file(
     if tokens is not None and tokens.total.n:
         report.stats = tokens.stats()
         n_epochs, rule = auto_epochs(tokens.total.n)
-        billed = trained_tokens(tokens.total_values(), report.stats.limit, n_epochs)
+        billed = n_epochs * report.stats.dataset_tokens  # sum of min(tokens, limit) x epochs
         seconds = round(training_seconds(n_params, billed), 1) if n_params else None
         report.estimate = Estimate(n_epochs, rule, billed, seconds)
     return report
@@ -311,10 +311,6 @@ class _TokenCounter:
                 self.state.warn(line, "too_many_tokens", f"{n} tokens; truncated to the first {self.limit}{lost}")
             elif not isinstance(ex, CompletionExample) and sum(r.mask) == 0:
                 self.state.error(line, "no_trainable_tokens", "the rendered example has no trained tokens")
-
-    def total_values(self):
-        for value, count in self.total.counts.items():
-            yield from [value] * count
 
     def stats(self) -> TokenStats:
         dataset = sum(min(v, self.limit) * c for v, c in self.total.counts.items())

@@ -56,6 +56,5 @@ def delete_model(state: State, model: str) -> dict:
             raise APIError(403, f"`{model}` is a base model and cannot be deleted.", param="model")
         raise _not_found(model)
     state.jobs.delete_model(model)
-    if state.pool is not None:
-        state.pool.forget(model)
+    state.pool.forget(model)
     return {"id": model, "object": "model", "deleted": True}
