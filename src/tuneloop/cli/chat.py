@@ -24,9 +24,9 @@ def chat(
 ) -> None:
     """Chat with a model: interactive, or one answer on stdout with -m."""
     if base_url:
-        reply = _remote(base_url, model, max_tokens, temperature, seed)
+        reply, close = _remote(base_url, model, max_tokens, temperature, seed), lambda: None
     else:
-        reply = _local(model, max_tokens, temperature, seed)
+        reply, close = _local(model, max_tokens, temperature, seed)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
 
     def answer(question: str) -> None:
@@ -39,18 +39,24 @@ def chat(
         sys.stdout.write("\n")
         history.append({"role": "assistant", "content": "".join(pieces)})
 
-    if message is not None:
-        answer(message)
-        return
-    print("Type a message; an empty line or Ctrl-D quits.", file=sys.stderr)
-    while True:
-        try:
-            question = input("> ")
-        except EOFError:
-            break
-        if not question.strip():
-            break
-        answer(question)
+    try:
+        if message is not None:
+            answer(message)
+            return
+        print("Type a message; an empty line or Ctrl-D quits.", file=sys.stderr)
+        while (question := _read()) is not None:
+            answer(question)
+    finally:
+        close()
+
+
+def _read() -> str | None:
+    """The next message from the terminal; None on an empty line or end of input."""
+    try:
+        question = input("> ")
+    except EOFError:
+        return None
+    return question if question.strip() else None
 
 
 def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
@@ -84,7 +90,7 @@ def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
         while not isinstance(event := events.get(), FinishEvent):
             yield event.text
 
-    return reply
+    return reply, engine.close
 
 
 def _remote(base_url: str, model: str, max_tokens: int, temperature: float, seed: int | None):

@@ -108,6 +108,7 @@ class Engine:
         self.free_slots = list(range(max_batch))
         self.wakeup = threading.Condition()
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.closed = False
         self.thread = threading.Thread(target=self._loop, name="tuneloop-engine", daemon=True)
         self.thread.start()
 
@@ -123,11 +124,20 @@ class Engine:
     def load(self) -> int:
         return len(self.waiting) + len(self.active)
 
+    def close(self) -> None:
+        """Stop the engine thread once it is idle (a process must not exit while it runs torch ops)."""
+        with self.wakeup:
+            self.closed = True
+            self.wakeup.notify()
+        self.thread.join()
+
     def _loop(self) -> None:
         while True:
             with self.wakeup:
-                while not self.waiting and not self.active:
+                while not self.waiting and not self.active and not self.closed:
                     self.wakeup.wait()
+                if self.closed and not self.waiting and not self.active:
+                    return
                 admitted = []
                 while self.waiting and self.free_slots:
                     request = self.waiting.popleft()
