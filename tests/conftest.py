@@ -100,6 +100,30 @@ def pytest_configure(config: pytest.Config) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """A PostgreSQL server URL for this session (see tests/postgres.py); skips the test if none."""
+    from postgres import postgres_server
+
+    with postgres_server() as url:
+        if url is None:
+            pytest.skip("no PostgreSQL here: install postgresql-15 or set TUNELOOP_TEST_POSTGRES_URL")
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty PostgreSQL database for this test, also set as TUNELOOP_DATABASE_URL."""
+    import re
+
+    from postgres import create_database
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:55]
+    url = create_database(postgres_server_url, name)
+    monkeypatch.setenv("TUNELOOP_DATABASE_URL", url)
+    return url
+
+
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     """A real server (with its worker) on a free port, sharing one home across a test module."""

@@ -1,4 +1,4 @@
-"""The SQL store: migrations, files and blobs, and the job claim protocol."""
+"""The SQL store: migrations, files and blobs, and the job claim protocol, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ from tuneloop.store.files import FileStore
 from tuneloop.store.jobs import JobStore
 
 
-@pytest.fixture
-def engine():
-    return make_engine(get_settings())
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest):
+    """The store's engine on each supported database (PostgreSQL skips where none can be started)."""
+    if request.param == "postgresql":
+        request.getfixturevalue("postgres_url")  # sets TUNELOOP_DATABASE_URL for make_engine
+    engine = make_engine(get_settings())
+    yield engine
+    engine.dispose()
 
 
 def new_job(jobs: JobStore, status: str = "queued") -> str:
@@ -35,8 +40,47 @@ def test_migrations_from_empty_database(engine):
     assert migrate(engine) == len(MIGRATIONS)  # idempotent
     tables = set(sa.inspect(engine).get_table_names())
     assert {"files", "jobs", "events", "checkpoints", "fine_tuned_models", "schema_migrations"} <= tables
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_migration_renumbers_duplicate_list_order(engine):
+    """Databases written before migration 2 may hold duplicate seq numbers; the upgrade keeps the order."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ux_jobs_seq"))
+        conn.execute(sa.text("DELETE FROM schema_migrations WHERE version = 2"))
+        conn.execute(sa.text("DROP INDEX ux_files_seq"))
+    jobs = JobStore(engine)
+    ids = [new_job(jobs) for _ in range(3)]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET seq = 7 WHERE id != :id"), {"id": ids[0]})
+    migrate(engine)
+    listed = [j.id for j in jobs.list()[0]]
+    assert len({j.seq for j in jobs.list()[0]}) == 3 and listed[-1] == ids[0]
+
+
+def test_concurrent_creates_get_distinct_list_positions(engine):
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        local = JobStore(make_engine(get_settings()))
+        for _ in range(8):
+            job_id = new_job(local)
+            with lock:
+                ids.append(job_id)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    listed, _ = JobStore(engine).list(limit=100)
+    assert sorted(j.id for j in listed) == sorted(ids) and len({j.seq for j in listed}) == 32
+    page, more = JobStore(engine).list(limit=10)
+    rest, _ = JobStore(engine).list(after=page[-1].id, limit=100)
+    assert more and [j.id for j in page + rest] == [j.id for j in listed]  # pagination loses nothing
 
 
 def test_files_are_content_addressed(engine, tuneloop_home):
@@ -60,7 +104,7 @@ def test_upload_over_limit_keeps_nothing(engine, tuneloop_home):
 
 def test_concurrent_claims_never_share_a_job(engine):
     jobs = JobStore(engine)
-    ids = [new_job(jobs) for _ in range(12)]
+    ids = [new_job(jobs) for _ in range(24)]
     claimed: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -70,7 +114,7 @@ def test_concurrent_claims_never_share_a_job(engine):
             with lock:
                 claimed.append((job.id, name))
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -89,6 +133,28 @@ def test_stale_job_is_taken_over_and_old_worker_loses_it(engine):
     taken = jobs.claim("new", stale_after=60)
     assert taken.id == job_id and taken.attempts == 2 and taken.worker_id == "new"
     assert jobs.heartbeat(job_id, "old") is None
+
+
+def test_only_one_worker_takes_over_a_stale_job(engine):
+    jobs = JobStore(engine)
+    job_id = new_job(jobs)
+    jobs.claim("dead", stale_after=60)
+    jobs.update(job_id, heartbeat_at=time.time() - 120)
+    winners: list[str] = []
+    barrier = threading.Barrier(5)
+
+    def worker(name: str) -> None:
+        local = JobStore(make_engine(get_settings()))
+        barrier.wait()
+        if local.claim(name, stale_after=60) is not None:
+            winners.append(name)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and jobs.get(job_id).worker_id == winners[0] and jobs.get(job_id).attempts == 2
 
 
 def test_cancel_releases_the_worker(engine):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import InvalidModelError
 from tuneloop.models.catalog import Catalog, ModelEntry
@@ -11,6 +12,20 @@ from tuneloop.models.catalog import Catalog, ModelEntry
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def auto_classes() -> tuple[Any, Any]:
+    """transformers' ``AutoTokenizer`` and ``AutoModelForCausalLM``.
+
+    Imported under a lock: transformers' lazy module raises ImportError when two threads trigger
+    the same lazy import at once (the server validates several new jobs in parallel threads).
+    """
+    with _IMPORT_LOCK:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    return AutoTokenizer, AutoModelForCausalLM
 
 
 def configure_torch_threads(num_threads: int | None = None) -> None:
@@ -24,7 +39,7 @@ def configure_torch_threads(num_threads: int | None = None) -> None:
 
 def load_tokenizer(entry: ModelEntry) -> PreTrainedTokenizerBase:
     """Load the (fast) tokenizer of a ready catalog entry."""
-    from transformers import AutoTokenizer
+    AutoTokenizer, _ = auto_classes()
 
     if entry.path is None:
         raise InvalidModelError(f"model '{entry.name}' is not converted yet")
@@ -46,7 +61,8 @@ def load_model(
     float32 is the default: CPUs without native bf16 run bf16 matmuls hundreds of times slower.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+
+    _, AutoModelForCausalLM = auto_classes()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -118,10 +118,10 @@ class ModelPool:
 
 def _load_full(path: Path, entry, device: str):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from tuneloop.models.loading import load_tokenizer
+    from tuneloop.models.loading import auto_classes, load_tokenizer
 
+    _, AutoModelForCausalLM = auto_classes()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
     tokenizer_entry = entry.model_copy(update={"path": path if (path / "tokenizer.json").is_file() else entry.path})
     return model, load_tokenizer(tokenizer_entry)

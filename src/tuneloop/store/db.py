@@ -145,7 +145,39 @@ MIGRATIONS: list[str] = [
         path TEXT NOT NULL, created_at BIGINT NOT NULL
     );
     """,
+    # 2: list order numbers are unique (two concurrent inserts can no longer share one); existing
+    # duplicates are renumbered first, keeping the order (through a table: SQLite's UPDATE would see
+    # its own changes in a correlated subquery)
+    """
+    CREATE TABLE renumber_files AS SELECT id, (
+        SELECT COUNT(*) FROM files f2 WHERE f2.seq < f.seq OR (f2.seq = f.seq AND f2.id <= f.id)
+    ) AS new_seq FROM files f;
+    UPDATE files SET seq = (SELECT new_seq FROM renumber_files r WHERE r.id = files.id);
+    DROP TABLE renumber_files;
+    CREATE UNIQUE INDEX ux_files_seq ON files (seq);
+    CREATE TABLE renumber_jobs AS SELECT id, (
+        SELECT COUNT(*) FROM jobs j2 WHERE j2.seq < j.seq OR (j2.seq = j.seq AND j2.id <= j.id)
+    ) AS new_seq FROM jobs j;
+    UPDATE jobs SET seq = (SELECT new_seq FROM renumber_jobs r WHERE r.id = jobs.id);
+    DROP TABLE renumber_jobs;
+    CREATE UNIQUE INDEX ux_jobs_seq ON jobs (seq)
+    """,
 ]
+
+
+def insert_with_next_seq(engine: Engine, table: sa.Table, values: dict[str, Any], attempts: int = 20) -> int:
+    """Insert a row numbered one past the table's highest ``seq``; retry if a concurrent insert took it."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.seq), 0))).scalar_one() + 1
+                conn.execute(table.insert().values(**values, seq=seq))
+            return seq
+        except (sa.exc.IntegrityError, sa.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _enable_sqlite_wal(dbapi_connection, _record) -> None:

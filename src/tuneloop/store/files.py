@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tuneloop.store.blobs import BlobStore
-from tuneloop.store.db import files
+from tuneloop.store.db import files, insert_with_next_seq
 from tuneloop.store.ids import random_id
 
 PURPOSES = ("assistants", "batch", "fine-tune", "fine-tune-results", "vision", "user_data", "evals")
@@ -67,9 +67,7 @@ class FileStore:
 
     def _insert(self, filename: str, purpose: str, sha: str, size: int) -> FileRecord:
         record = FileRecord(random_id("file-"), filename, purpose, size, sha, "processed", int(time.time()))
-        with self.engine.begin() as conn:
-            seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(files.c.seq), 0))).scalar_one() + 1
-            conn.execute(files.insert().values(**record.__dict__, seq=seq))
+        insert_with_next_seq(self.engine, files, record.__dict__)
         return record
 
     def get(self, file_id: str) -> FileRecord | None:

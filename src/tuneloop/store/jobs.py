@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tuneloop.store.db import checkpoints, events, fine_tuned_models, jobs
+from tuneloop.store.db import checkpoints, events, fine_tuned_models, insert_with_next_seq, jobs
 from tuneloop.store.ids import random_id
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -105,15 +105,14 @@ class JobStore:
         """Insert a new job in ``validating_files``."""
         job_id = random_id("ftjob-")
         now = int(time.time())
-        with self.engine.begin() as conn:
-            seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.seq), 0))).scalar_one() + 1
-            conn.execute(
-                jobs.insert().values(
-                    id=job_id, seq=seq, model=model, training_file=training_file, validation_file=validation_file,
-                    status="validating_files", hyperparameters=hyperparameters, method=method, suffix=suffix,
-                    seed=seed, metadata=metadata, created_at=now, result_files=[], attempts=0,
-                )
-            )  # fmt: skip
+        insert_with_next_seq(
+            self.engine, jobs,
+            dict(
+                id=job_id, model=model, training_file=training_file, validation_file=validation_file,
+                status="validating_files", hyperparameters=hyperparameters, method=method, suffix=suffix,
+                seed=seed, metadata=metadata, created_at=now, result_files=[], attempts=0,
+            ),
+        )  # fmt: skip
         self.add_event(job_id, f"Created fine-tuning job: {job_id}")
         return self.get(job_id)  # type: ignore[return-value]
 
@@ -159,7 +158,11 @@ class JobStore:
         )
         for _ in range(5):
             with self.engine.begin() as conn:
-                job_id = conn.execute(sa.select(jobs.c.id).where(claimable).order_by(jobs.c.seq).limit(1)).scalar()
+                # FOR UPDATE SKIP LOCKED on PostgreSQL: concurrent workers pick different jobs instead of
+                # queueing on one row (SQLite serialises writers and ignores it); the UPDATE below is
+                # conditional anyway, so a job can never be taken twice
+                candidate = sa.select(jobs.c.id).where(claimable).order_by(jobs.c.seq).limit(1)
+                job_id = conn.execute(candidate.with_for_update(skip_locked=True)).scalar()
                 if job_id is None:
                     return None
                 taken = conn.execute(
