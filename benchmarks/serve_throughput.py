@@ -36,17 +36,16 @@ import gc
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tuneloop.serve.process import ServerProcess
 
 MODEL = "smollm2-135m-instruct"
 N_ADAPTERS = 4
@@ -248,37 +247,16 @@ def summarize(name: str, concurrency: int, results: list[RequestResult], decode_
     )  # fmt: skip
 
 
-class Server:
+class Server(ServerProcess):
     """``tuneloop serve --no-worker`` in a subprocess on a free loopback port."""
 
     def __init__(self, home: Path, max_batch: int, threads: int | None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
-        env.update(TUNELOOP_HOME=str(home), TUNELOOP_MAX_BATCH=str(max_batch), TUNELOOP_API_KEY=API_KEY)
+        for key in [k for k in os.environ if k.startswith("TUNELOOP_")]:
+            os.environ.pop(key)  # only the settings below
+        env = {"TUNELOOP_MAX_BATCH": str(max_batch), "TUNELOOP_API_KEY": API_KEY}
         if threads:
             env["TUNELOOP_NUM_THREADS"] = str(threads)
-        self.log_path = home / "serve.log"
-        self.log = self.log_path.open("w")
-        argv = [sys.executable, "-m", "tuneloop.cli.main", "serve", "--no-worker", "--port", str(self.port)]
-        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                self.health()
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(self.log_path.read_text()[-3000:])
-
-    def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
-            return json.loads(r.read())
+        super().__init__(home, "--no-worker", env=env, log_path=home / "serve.log")
 
     def decode_steps(self) -> int:
         return sum(e.get("decode_steps", 0) for e in self.health()["engines"].values())
@@ -291,19 +269,7 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def client(self):
-        import openai
-
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=API_KEY, max_retries=0, timeout=600)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        return super().client(timeout=600)
 
 
 def stream_one(client, model: str, prompt: str, max_tokens: int) -> RequestResult:

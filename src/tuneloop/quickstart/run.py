@@ -7,12 +7,7 @@ zero-shot vs base few-shot vs fine-tuned on held-out examples;  4. chat with the
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from rich.console import Console
@@ -26,29 +21,6 @@ console = Console()
 
 def _step(n: int, title: str) -> None:
     console.rule(f"[bold]{n}. {title}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(settings: Settings, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "TUNELOOP_HOME": str(settings.home)}
-    argv = [sys.executable, "-m", "tuneloop.cli.main", "serve", "--port", str(port)]
-    process = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise TuneloopError(f"the server exited; see {log}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise TuneloopError(f"the server did not start within 2 minutes; see {log}")
 
 
 def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_valid: int = 60, base: str = BASE) -> Path:
@@ -74,12 +46,11 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
         raise TuneloopError("the generated training file did not validate")
 
     _step(2, "Train: fine-tune through the OpenAI-compatible API")
-    import openai
+    from tuneloop.serve.process import ServerProcess
 
-    port = _free_port()
-    server = _start_server(settings, port, workdir / "server.log")
-    base_url = f"http://127.0.0.1:{port}/v1"
-    client = openai.OpenAI(base_url=base_url, api_key=settings.api_key or "tuneloop")
+    server = ServerProcess(settings.home, log_path=workdir / "server.log", api_key=settings.api_key).wait_ready()
+    base_url = server.base_url
+    client = server.client(max_retries=2)
     try:
         with train_file.open("rb") as f:
             training = client.files.create(file=f, purpose="fine-tune")
@@ -121,8 +92,7 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
         )  # fmt: skip
         console.print(f"user: {question}\n{job.fine_tuned_model}: [bold]{reply.choices[0].message.content}[/]")
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop()
     console.print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     return html
 
