@@ -60,7 +60,13 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
     @app.get("/v1/health")
     def health() -> JSONResponse:
         engines = {
-            name: {"active": len(e.active), "waiting": len(e.waiting), "decode_steps": e.steps}
+            name: {
+                "active": len(e.active),
+                "waiting": len(e.waiting),
+                "decode_steps": e.steps,
+                "prompt_tokens": e.prompt_tokens,
+                "cached_prompt_tokens": e.cached_prompt_tokens,
+            }  # fmt: skip
             for name, e in state.pool.engines().items()
         }
         return JSONResponse({"status": "ok", "version": __version__, "engines": engines})

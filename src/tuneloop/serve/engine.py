@@ -4,12 +4,19 @@ A background thread owns the model. Between decode steps it admits waiting reque
 KV-cache slot and a prefill pass), then advances every active request by one token in a single
 batched forward pass; finished or cancelled requests leave at once. Greedy results do not depend
 on the batch: prefill runs per request and decode rows are computed independently.
+
+Prefix caching: a slot keeps the tokens whose keys and values it holds after its request ends.
+A new request takes the slot (or copies the prefix of the slot) that shares the longest prefix
+with its prompt under the same adapter, and prefills only the rest: a system prompt or a block
+of few-shot examples common to many requests is computed once, and a chat's next turn reuses
+the previous one.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,9 +112,13 @@ class Engine:
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
-        self.free_slots = list(range(max_batch))
+        self.free_slots = list(range(max_batch))  # least recently used first
+        #: Per slot: the adapter name and the tokens whose keys/values the slot's cache holds.
+        self.cached: list[tuple[str | None, list[int]]] = [(None, []) for _ in range(max_batch)]
         self.wakeup = threading.Condition()
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.prompt_tokens = 0  # prompt tokens admitted
+        self.cached_prompt_tokens = 0  # of those, served from the prefix cache
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="tuneloop-engine", daemon=True)
         self.thread.start()
@@ -138,11 +149,7 @@ class Engine:
                     self.wakeup.wait()
                 if self.closed and not self.waiting and not self.active:
                     return
-                admitted = []
-                while self.waiting and self.free_slots:
-                    request = self.waiting.popleft()
-                    request.slot = self.free_slots.pop()
-                    admitted.append(request)
+                admitted = [self.waiting.popleft() for _ in range(min(len(self.waiting), len(self.free_slots)))]
             try:
                 for request in admitted:
                     self._prefill(request)
@@ -157,12 +164,41 @@ class Engine:
     def _prefill(self, request: Request) -> None:
         if request.cancelled.is_set():
             return self._finish(request, "cancelled")
-        logits = self.runner.prefill(request.slot, request.prompt_ids, request.adapter)
+        reused = self._take_slot(request)
+        prompt = request.prompt_ids
+        logits = self.runner.prefill(request.slot, prompt[reused:], request.adapter)
+        self.cached[request.slot] = (_adapter_name(request.adapter), list(prompt))
+        self.prompt_tokens += len(prompt)
+        self.cached_prompt_tokens += reused
         self.active.append(request)
         self._accept(request, request.sampler.choose(logits))
 
+    def _take_slot(self, request: Request) -> int:
+        """Give the request a free slot, reusing the longest cached prefix of its prompt; return its length."""
+        name, prompt = _adapter_name(request.adapter), request.prompt_ids
+        best, best_len = -1, 0
+        for slot, (cached_name, tokens) in enumerate(self.cached):
+            if cached_name == name and tokens and prompt and tokens[0] == prompt[0]:
+                length = len(os.path.commonprefix([tokens, prompt]))
+                if length > best_len or (length == best_len and slot in self.free_slots):
+                    best, best_len = slot, length
+        reuse = max(0, min(best_len, len(prompt) - 1))  # prefill at least one token: its logits start the answer
+        with self.wakeup:
+            # take the matching slot itself only if that loses nothing beyond the shared prefix (or
+            # it is the least recently used anyway); otherwise copy the prefix into the LRU slot
+            in_place = best in self.free_slots and reuse > 0 and len(self.cached[best][1]) <= reuse
+            slot = best if in_place else self.free_slots[0]
+            self.free_slots.remove(slot)
+        if reuse > 0 and slot != best:
+            self.runner.copy_prefix(best, slot, reuse)
+        self.runner.lengths[slot] = reuse
+        request.slot = slot
+        return reuse
+
     def _decode_step(self) -> None:
         batch = list(self.active)
+        for r in batch:
+            self.cached[r.slot][1].append(r.last_token)  # its keys/values are written by this step
         logits = self.runner.decode([r.slot for r in batch], [r.last_token for r in batch], [r.adapter for r in batch])
         self.steps += 1
         for request, row in zip(batch, logits, strict=True):
@@ -189,6 +225,8 @@ class Engine:
             self.active.remove(request)
         if request.slot >= 0:
             self.runner.free(request.slot)
+            if reason == "error":  # the cache may be half-written
+                self.cached[request.slot] = (None, [])
             with self.wakeup:
                 self.free_slots.append(request.slot)
             request.slot = -1
@@ -196,3 +234,7 @@ class Engine:
         if tail:
             request.on_event(TokenEvent(tail, None))
         request.on_event(FinishEvent(reason, request.generated, error))
+
+
+def _adapter_name(adapter: LoraAdapter | None) -> str | None:
+    return None if adapter is None else adapter.name

@@ -52,8 +52,13 @@ class ModelRunner:
         self.capacity = new
 
     def free(self, slot: int) -> None:
-        """Forget a finished sequence."""
+        """End a slot's sequence (its cache contents stay, for prefix reuse)."""
         self.lengths[slot] = 0
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Copy the keys and values of the first ``length`` positions of one slot into another."""
+        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
+        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
 
     # -- linear layers with per-row adapters -----------------------------------------------------
     @staticmethod

@@ -1,0 +1,106 @@
+"""Prefix caching in the engine: shared prompt prefixes are computed once and change no result."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tuneloop.serve.engine import Detokenizer, Engine, FinishEvent, Request, TokenEvent
+from tuneloop.serve.lora_weights import load_lora
+from tuneloop.serve.sampling import Sampler, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model_dir, tmp_path_factory):
+    from tests_lora import make_adapters
+
+    return load_lora("a0", make_adapters(tiny_model_dir, tmp_path_factory.mktemp("adapters"), 1)[0])
+
+
+def make_request(tokenizer, prompt: list[int], n: int = 8, adapter=None) -> tuple[Request, list[int], threading.Event]:
+    tokens: list[int] = []
+    done = threading.Event()
+
+    def on_event(event) -> None:
+        if isinstance(event, TokenEvent) and event.choice is not None:
+            tokens.append(event.choice.token)
+        elif isinstance(event, FinishEvent):
+            done.set()
+
+    params = SamplingParams(max_tokens=n, temperature=0.0)
+    request = Request(list(prompt), params, Sampler(params, set()), Detokenizer(tokenizer, []), on_event, adapter)
+    return request, tokens, done
+
+
+def generate(engine: Engine, tokenizer, prompts: list[list[int]], adapter=None) -> list[list[int]]:
+    """Submit all prompts at once; return each one's greedy tokens."""
+    runs = [make_request(tokenizer, p, adapter=adapter) for p in prompts]
+    for request, _, _ in runs:
+        engine.submit(request)
+    for _, _, done in runs:
+        assert done.wait(60)
+    return [tokens for _, tokens, _ in runs]
+
+
+def alone(tiny, prompt: list[int], adapter=None) -> list[int]:
+    engine = Engine(*tiny, max_batch=2, max_len=512)
+    try:
+        return generate(engine, tiny[1], [prompt], adapter)[0]
+    finally:
+        engine.close()
+
+
+SHARED = list(range(1000, 1060))  # a long common prefix (a system prompt, few-shot examples)
+
+
+def test_later_request_reuses_a_finished_prefix(tiny):
+    engine = Engine(*tiny, max_batch=4, max_len=512)
+    try:
+        first = generate(engine, tiny[1], [SHARED + [5, 6, 7]])[0]
+        assert engine.cached_prompt_tokens == 0
+        second = generate(engine, tiny[1], [SHARED + [8, 9]])[0]
+        assert engine.cached_prompt_tokens == len(SHARED)
+        # a chat's next turn: the previous prompt and answer are cached (all but the last answer token)
+        third = generate(engine, tiny[1], [[*SHARED, 5, 6, 7, *first, 11]])[0]
+        assert engine.cached_prompt_tokens == len(SHARED) + len(SHARED) + 3 + len(first) - 1
+    finally:
+        engine.close()
+    assert first == alone(tiny, SHARED + [5, 6, 7])
+    assert second == alone(tiny, SHARED + [8, 9])
+    assert third == alone(tiny, [*SHARED, 5, 6, 7, *first, 11])
+
+
+def test_concurrent_requests_copy_a_running_prefix(tiny):
+    prompts = [SHARED + [i, i + 1] for i in range(3)] + [SHARED]  # the last one is the prefix itself
+    engine = Engine(*tiny, max_batch=4, max_len=512)
+    try:
+        outs = generate(engine, tiny[1], prompts)
+        # 2nd and 3rd copy the prefix from the 1st; the 4th reuses all of it but its last token
+        assert engine.cached_prompt_tokens == 2 * len(SHARED) + len(SHARED) - 1
+    finally:
+        engine.close()
+    assert outs == [alone(tiny, p) for p in prompts]
+
+
+def test_prefixes_are_not_shared_across_adapters(tiny, adapter):
+    engine = Engine(*tiny, max_batch=4, max_len=512)
+    try:
+        base = generate(engine, tiny[1], [SHARED + [1]])[0]
+        tuned = generate(engine, tiny[1], [SHARED + [1]], adapter)[0]
+        assert engine.cached_prompt_tokens == 0  # the adapter's keys and values differ from the base model's
+        again = generate(engine, tiny[1], [SHARED + [2]], adapter)[0]
+        assert engine.cached_prompt_tokens == len(SHARED)
+    finally:
+        engine.close()
+    assert base == alone(tiny, SHARED + [1]) and tuned == alone(tiny, SHARED + [1], adapter)
+    assert again == alone(tiny, SHARED + [2], adapter)
