@@ -215,3 +215,26 @@ def test_cli_chat_with_fine_tuned_model_locally_and_through_the_server(server, m
     local = run_cli("chat", ADAPTERS[1], "-m", "hello", "--max-tokens", "8")
     assert local.returncode == 0, local.stderr
     assert local.stdout == expected + "\n"
+
+
+def test_shared_prompt_prefix_is_served_from_the_cache(server):
+    client = server.client()
+    system = {"role": "system", "content": "You answer questions about a smart home. " * 8}
+    replies = [
+        client.chat.completions.create(
+            model=ADAPTERS[2], messages=[system, {"role": "user", "content": question}], max_tokens=4, temperature=0
+        )
+        for question in ("Lights on?", "Heating off?")
+    ]
+    first, second = (r.usage.prompt_tokens_details.cached_tokens for r in replies)
+    assert second > first and second >= 60  # the long system prompt was computed once
+    alone = ServerProcess(server.home, "--no-worker").wait_ready()  # a fresh cache answers the same
+    try:
+        fresh = alone.client().chat.completions.create(
+            model=ADAPTERS[2], messages=[system, {"role": "user", "content": "Heating off?"}], max_tokens=4,
+            temperature=0,
+        )  # fmt: skip
+    finally:
+        alone.stop()
+    assert fresh.usage.prompt_tokens_details.cached_tokens == 0
+    assert fresh.choices[0].message.content == replies[1].choices[0].message.content

@@ -134,8 +134,7 @@ async def _collect(stream, target, meta: dict, prompt_tokens: int, n: int, http:
         }
         for i in range(n)
     ]
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    usage = generation.usage(prompt_tokens, completion_tokens, stream)
     return {**meta, "object": "chat.completion", "choices": choices, "usage": usage, "system_fingerprint": None}
 
 
@@ -175,7 +174,5 @@ async def _sse(stream, target, meta: dict, prompt_tokens: int, n: int, include_u
             completion_tokens += event.completion_tokens
             yield chunk([{"index": index, "delta": {}, "finish_reason": event.reason, "logprobs": None}])
     if include_usage:
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
-        yield chunk([], usage)
+        yield chunk([], generation.usage(prompt_tokens, completion_tokens, stream))
     yield "data: [DONE]\n\n"

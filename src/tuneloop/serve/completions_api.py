@@ -86,9 +86,12 @@ async def completions(state: State, body: CompletionRequest, http: Request):
         for i in range(body.n):
             choices.append({"index": p_index * body.n + i, "text": texts[i], "finish_reason": finish[i],
                             "logprobs": lp[i] if body.logprobs is not None else None})  # fmt: skip
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
-    return {**meta, "object": "text_completion", "choices": choices, "usage": usage}
+    return {
+        **meta,
+        "object": "text_completion",
+        "choices": choices,
+        "usage": generation.usage(prompt_tokens, completion_tokens),
+    }
 
 
 async def _sse(stream, meta: dict, http: Request):

@@ -101,6 +101,7 @@ class Request:
     slot: int = -1
     generated: int = 0
     last_token: int = -1
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 class Engine:
@@ -164,7 +165,7 @@ class Engine:
     def _prefill(self, request: Request) -> None:
         if request.cancelled.is_set():
             return self._finish(request, "cancelled")
-        reused = self._take_slot(request)
+        reused = request.cached_tokens = self._take_slot(request)
         prompt = request.prompt_ids
         logits = self.runner.prefill(request.slot, prompt[reused:], request.adapter)
         self.cached[request.slot] = (_adapter_name(request.adapter), list(prompt))

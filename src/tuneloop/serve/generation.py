@@ -150,3 +150,15 @@ def choice_logprobs(tokenizer, event: TokenEvent) -> dict | None:
 
 
 __all__ = ["FinishEvent", "TokenEvent"]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, stream: Stream | None = None) -> dict:
+    """OpenAI's ``usage`` object; ``cached_tokens`` counts prompt tokens the prefix cache served."""
+    body = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if stream is not None and stream.requests:
+        body["prompt_tokens_details"] = {"cached_tokens": stream.requests[0].cached_tokens}
+    return body
