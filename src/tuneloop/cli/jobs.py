@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -13,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 
 from tuneloop.cli.client import DEFAULT_BASE_URL, BaseUrl, connect, output_console, table, timestamp
+from tuneloop.cli.options import TrainingMethod, auto_or
 from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
@@ -24,27 +24,6 @@ app = typer.Typer(help="Fine-tuning jobs on the tuneloop server (OpenAI's Fine-t
 TERMINAL = ("succeeded", "failed", "cancelled")
 EVENTS_PAGE = 100  # events fetched per request while following
 LEVEL_STYLES = {"warn": "yellow", "warning": "yellow", "error": "red"}
-
-
-class TrainingMethod(StrEnum):
-    """How the weights are trained: LoRA adapters or every parameter."""
-
-    lora = "lora"
-    full = "full"
-
-
-def _auto_or(cast: type[int] | type[float], what: str):
-    """An option callback accepting ``auto`` or a number of type ``cast``."""
-
-    def parse(value: str) -> int | float | str:
-        if value == "auto":
-            return value
-        try:
-            return cast(value)
-        except ValueError:
-            raise typer.BadParameter(f"expected 'auto' or {what}, got '{value}'") from None
-
-    return parse
 
 
 def _check_metadata(values: list[str]) -> list[str]:
@@ -84,16 +63,16 @@ def create(
     training_file: str = typer.Option(..., "--training-file", help="Id of an uploaded .jsonl file (file-...)."),
     validation_file: str | None = typer.Option(None, "--validation-file", help="Id of a validation file."),
     epochs: str = typer.Option(
-        "auto", "--epochs", metavar="N|auto", callback=_auto_or(int, "an integer"), help="Passes over the data."
+        "auto", "--epochs", metavar="N|auto", callback=auto_or(int, "an integer"), help="Passes over the data."
     ),
     batch_size: str = typer.Option(
-        "auto", "--batch-size", metavar="N|auto", callback=_auto_or(int, "an integer"), help="Examples per step."
+        "auto", "--batch-size", metavar="N|auto", callback=auto_or(int, "an integer"), help="Examples per step."
     ),
     lr_multiplier: str = typer.Option(
         "auto",
         "--lr-multiplier",
         metavar="X|auto",
-        callback=_auto_or(float, "a number"),
+        callback=auto_or(float, "a number"),
         help="Learning-rate multiplier.",
     ),
     suffix: str | None = typer.Option(None, "--suffix", help="Up to 64 characters added to the model id."),

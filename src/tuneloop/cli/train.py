@@ -7,23 +7,7 @@ from pathlib import Path
 
 import typer
 
-
-def _auto_int(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected a positive integer or 'auto', got {value!r}") from exc
-
-
-def _auto_float(value: str) -> float | str:
-    if value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected a positive number or 'auto', got {value!r}") from exc
+from tuneloop.cli.options import TrainingMethod, auto_or
 
 
 def train(
@@ -31,10 +15,24 @@ def train(
     train_file: Path = typer.Option(..., "--train", help="Training JSONL file (chat or prompt/completion)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (adapter or model, checkpoints, metrics.csv)."),
     valid_file: Path | None = typer.Option(None, "--valid", help="Validation JSONL file."),
-    epochs: str = typer.Option("auto", "--epochs", help="Epochs, or 'auto'."),
-    batch_size: str = typer.Option("auto", "--batch-size", help="Examples per step, or 'auto'."),
-    lr_multiplier: str = typer.Option("auto", "--lr-multiplier", help="Learning-rate multiplier, or 'auto'."),
-    method: str = typer.Option("lora", "--method", help="lora or full."),
+    epochs: str = typer.Option(
+        "auto", "--epochs", metavar="N|auto", callback=auto_or(int, "an integer"), help="Epochs, or 'auto'."
+    ),
+    batch_size: str = typer.Option(
+        "auto",
+        "--batch-size",
+        metavar="N|auto",
+        callback=auto_or(int, "an integer"),
+        help="Examples per step, or 'auto'.",
+    ),
+    lr_multiplier: str = typer.Option(
+        "auto",
+        "--lr-multiplier",
+        metavar="X|auto",
+        callback=auto_or(float, "a number"),
+        help="Learning-rate multiplier, or 'auto'.",
+    ),
+    method: TrainingMethod = typer.Option(TrainingMethod.lora, "--method", help="lora or full."),
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
     max_length: int | None = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
     seed: int = typer.Option(42, "--seed", help="Random seed."),
@@ -47,17 +45,15 @@ def train(
     from tuneloop.train import StepMetrics, TrainCallbacks, TrainConfig
     from tuneloop.train import train as run_training
 
-    if method not in ("lora", "full"):
-        raise typer.BadParameter("expected 'lora' or 'full'", param_hint="--method")
     config = TrainConfig(
         model=model,
         training_file=train_file,
         validation_file=valid_file,
         output_dir=out,
-        method=method,
-        n_epochs=_auto_int(epochs),
-        batch_size=_auto_int(batch_size),
-        learning_rate_multiplier=_auto_float(lr_multiplier),
+        method=method.value,
+        n_epochs=epochs,
+        batch_size=batch_size,
+        learning_rate_multiplier=lr_multiplier,
         lora_r=lora_r,
         lora_alpha=2.0 * lora_r,
         max_length=max_length,

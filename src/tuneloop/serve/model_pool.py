@@ -113,7 +113,9 @@ class ModelPool:
         """Drop a deleted model from memory."""
         with self.lock:
             self._adapters.pop(model_id, None)
-            self._engines.pop(model_id, None)
+            engine = self._engines.pop(model_id, None)
+        if engine is not None:  # a full fine-tuned model's own engine: stop its thread once idle
+            threading.Thread(target=engine.close, name=f"close-{model_id}", daemon=True).start()
 
 
 def _load_full(path: Path, entry, device: str):
