@@ -185,9 +185,9 @@ class Engine:
                     best, best_len = slot, length
         reuse = max(0, min(best_len, len(prompt) - 1))  # prefill at least one token: its logits start the answer
         with self.wakeup:
-            # take the matching slot itself only if that loses nothing beyond the shared prefix (or
-            # it is the least recently used anyway); otherwise copy the prefix into the LRU slot
-            in_place = best in self.free_slots and reuse > 0 and len(self.cached[best][1]) <= reuse
+            # take the matching slot itself only if its whole content is a prefix of the prompt (or it
+            # is the least recently used anyway): nothing cached is lost; else copy into the LRU slot
+            in_place = best in self.free_slots and reuse > 0 and best_len == len(self.cached[best][1])
             slot = best if in_place else self.free_slots[0]
             self.free_slots.remove(slot)
         if reuse > 0 and slot != best:
