@@ -19,6 +19,10 @@ from pathlib import Path
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
+class PostgresUnavailable(Exception):
+    """PostgreSQL is installed but a private server could not be started here."""
+
+
 def find_bin_dir() -> Path | None:
     """The newest installed PostgreSQL bin folder with initdb, or None."""
     on_path = shutil.which("initdb")
@@ -49,9 +53,13 @@ def postgres_server() -> Iterator[str | None]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _run(str(bin_dir / "initdb"), "-D", data, "-U", "tuneloop", "--auth=trust", "-E", "UTF8", "--no-sync")
     options = f"-p {port} -k {root} -h 127.0.0.1 -F"
-    _run(str(bin_dir / "pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-o", options, "start")
+    try:
+        _run(str(bin_dir / "initdb"), "-D", data, "-U", "tuneloop", "--auth=trust", "-E", "UTF8", "--no-sync")
+        _run(str(bin_dir / "pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-o", options, "start")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise PostgresUnavailable(f"could not start PostgreSQL from {bin_dir}: {detail.strip()[-500:]}") from exc
     try:
         yield f"postgresql+psycopg://tuneloop@127.0.0.1:{port}"
     finally:
