@@ -88,7 +88,7 @@ class ModelRunner:
         tokens = torch.tensor(token_ids, device=self.device)
         positions = torch.arange(start, start + n, device=self.device)
         groups = [(adapter, None)] if adapter is not None else []
-        hidden = self._forward(tokens, positions, [slot], [start], [n], groups)
+        hidden = self._forward(tokens, positions, [slot], [start], groups, decode=False)
         self.lengths[slot] = start + n
         return self._logits(hidden[-1:])[0]
 
@@ -104,7 +104,7 @@ class ModelRunner:
         tokens = torch.tensor([token_ids[i] for i in order], device=self.device)
         positions = torch.tensor(starts, device=self.device)
         groups = _adapter_groups(adapters)
-        hidden = self._forward(tokens, positions, slots, starts, [1] * len(slots), groups)
+        hidden = self._forward(tokens, positions, slots, starts, groups, decode=True)
         for s in slots:
             self.lengths[s] += 1
         logits = self._logits(hidden)
@@ -117,14 +117,14 @@ class ModelRunner:
         head = self.hf.lm_head
         return _dense(self.core.norm(hidden), head.weight, head.bias).float()
 
-    def _forward(self, tokens, positions, slots, starts, counts, groups) -> torch.Tensor:
-        """Hidden states [T, H] of T new tokens: one sequence of ``counts[0]`` tokens (prefill), or
+    def _forward(self, tokens, positions, slots, starts, groups, decode: bool) -> torch.Tensor:
+        """Hidden states [T, H] of T new tokens: one sequence's tokens from ``starts[0]`` (prefill), or
         one token for each of many slots (decode)."""
         x = self.core.embed_tokens(tokens)
         cos, sin = self.core.rotary_emb(x[None], positions[None])
         cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, head_dim]
         t = x.shape[0]
-        slot_index = torch.tensor(slots, device=self.device)
+        attention = self._decode_attention(slots, starts) if decode else self._prefill_attention(slots[0], starts[0], t)
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -133,34 +133,60 @@ class ModelRunner:
             v = self._linear(attn.v_proj, h, li, "v_proj", groups).view(t, self.n_kv, self.head_dim)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            if len(slots) == 1:  # prefill: the new tokens attend to the cache and causally to each other
-                s0, n = starts[0], counts[0]
-                self.k_cache[li, slots[0], :, s0 : s0 + n] = k.transpose(0, 1)
-                self.v_cache[li, slots[0], :, s0 : s0 + n] = v.transpose(0, 1)
-                keys = self.k_cache[li, slots[0], :, : s0 + n]
-                values = self.v_cache[li, slots[0], :, : s0 + n]
-                mask = None if n == 1 else _causal_mask(n, s0, self.device)
-                out = F.scaled_dot_product_attention(
-                    q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
-                )[0].transpose(0, 1)
-            else:  # decode: one query per slot over that slot's cache, all slots in one call
-                pos = torch.tensor(starts, device=self.device)
-                self.k_cache[li, slot_index, :, pos] = k
-                self.v_cache[li, slot_index, :, pos] = v
-                length = max(starts) + 1
-                keys = self.k_cache[li, slot_index, :, :length]
-                values = self.v_cache[li, slot_index, :, :length]
-                valid = torch.arange(length, device=self.device)[None, :] <= pos[:, None]  # [B, L]
-                out = F.scaled_dot_product_attention(
-                    q[:, :, None, :], keys, values, attn_mask=valid[:, None, None, :], enable_gqa=True
-                )[:, :, 0, :]
-            x = x + self._linear(attn.o_proj, out.reshape(t, -1), li, "o_proj", groups)
+            x = x + self._linear(attn.o_proj, attention(li, q, k, v).reshape(t, -1), li, "o_proj", groups)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
             gate = self._linear(mlp.gate_proj, h, li, "gate_proj", groups)
             up = self._linear(mlp.up_proj, h, li, "up_proj", groups)
             x = x + self._linear(mlp.down_proj, mlp.act_fn(gate) * up, li, "down_proj", groups)
         return x
+
+    def _prefill_attention(self, slot: int, s0: int, n: int):
+        """Attention for ``n`` new tokens of one slot: over its cache, and causally over each other."""
+        mask = None if n == 1 else _causal_mask(n, s0, self.device)
+
+        def attend(li: int, q, k, v):
+            self.k_cache[li, slot, :, s0 : s0 + n] = k.transpose(0, 1)
+            self.v_cache[li, slot, :, s0 : s0 + n] = v.transpose(0, 1)
+            keys, values = self.k_cache[li, slot, :, : s0 + n], self.v_cache[li, slot, :, : s0 + n]
+            return F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
+            )[0].transpose(0, 1)
+
+        return attend
+
+    def _decode_attention(self, slots: Sequence[int], starts: Sequence[int]):
+        """Attention for one new token per slot, all slots in one call.
+
+        The query heads that share a key/value head are laid out as that head's "query positions"
+        ([B, n_kv, group, d]), so keys and values are never repeated per query head; with one slot
+        the cache is read in place (no gather).
+        """
+        b, group = len(slots), self.n_heads // self.n_kv
+        length = max(starts) + 1
+        pos = torch.tensor(starts, device=self.device)
+        if b == 1:
+            slot_index, mask = slots[0], None
+        else:  # each slot sees its own positions only
+            slot_index = torch.tensor(slots, device=self.device)
+            valid = torch.arange(length, device=self.device)[None, :] <= pos[:, None]  # [B, L]
+            mask = valid[:, None, None, :]
+
+        def attend(li: int, q, k, v):
+            if b == 1:  # views of the slot's cache
+                self.k_cache[li, slot_index, :, length - 1] = k[0]
+                self.v_cache[li, slot_index, :, length - 1] = v[0]
+                keys = self.k_cache[li, slot_index, None, :, :length]
+                values = self.v_cache[li, slot_index, None, :, :length]
+            else:  # gathered copies [B, n_kv, L, d]
+                self.k_cache[li, slot_index, :, pos] = k
+                self.v_cache[li, slot_index, :, pos] = v
+                keys = self.k_cache[li, slot_index, :, :length]
+                values = self.v_cache[li, slot_index, :, :length]
+            queries = q.view(b, self.n_kv, group, self.head_dim)
+            return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+
+        return attend
 
 
 def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
