@@ -10,7 +10,12 @@ from pydantic import ValidationError
 
 from tuneloop.data.estimate import auto_epochs
 from tuneloop.train import checkpoint as ckpt
-from tuneloop.train.config import TrainConfig, resolve_batch_size, resolve_hyperparameters
+from tuneloop.train.config import (
+    TrainConfig,
+    resolve_batch_size,
+    resolve_hyperparameters,
+    resolve_learning_rate_multiplier,
+)
 from tuneloop.train.metrics import MetricsCSV, StepMetrics
 
 
@@ -45,6 +50,14 @@ def test_auto_batch_size_grows_with_the_data_within_bounds() -> None:
     sizes = [resolve_batch_size(n)[0] for n in (10, 100, 256, 1000, 100_000)]
     assert sizes == sorted(sizes)
     assert sizes[0] >= 1 and sizes[-1] <= 32
+
+
+def test_auto_learning_rate_follows_the_snips_sweep() -> None:
+    """8 at batch 4 and 16 at batch 16 were the best multipliers measured; sqrt scaling between, capped."""
+    mults = {bs: resolve_learning_rate_multiplier(bs, "lora")[0] for bs in (4, 8, 16, 32)}
+    assert mults[4] == 8.0 and mults[16] == 16.0 and mults[32] == 16.0
+    assert mults[8] == pytest.approx(8 * 2**0.5, abs=1e-3)
+    assert resolve_learning_rate_multiplier(8, "full")[0] == 1.0
 
 
 def test_invalid_values_are_rejected() -> None:
