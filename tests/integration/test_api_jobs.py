@@ -53,7 +53,7 @@ def test_full_lifecycle(api_server, tmp_path):
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [6, 3]
-    assert checkpoints[0].fine_tuned_model_checkpoint.endswith(":ckpt-step-6")
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-6"  # as on OpenAI
     assert checkpoints[0].metrics.train_loss is not None
 
     csv = client.files.content(job.result_files[0]).text

@@ -104,3 +104,15 @@ def test_prefixes_are_not_shared_across_adapters(tiny, adapter):
         engine.close()
     assert base == alone(tiny, SHARED + [1]) and tuned == alone(tiny, SHARED + [1], adapter)
     assert again == alone(tiny, SHARED + [2], adapter)
+
+
+def test_prefix_is_copied_after_the_cache_grew(tiny):
+    """The cache grows (a new tensor made under inference mode) before a prefix is copied from it."""
+    long_prefix = list(range(2000, 2300))  # beyond the initial 256 positions
+    engine = Engine(*tiny, max_batch=3, max_len=1024)
+    try:
+        outs = generate(engine, tiny[1], [long_prefix + [1], long_prefix + [2]])
+        assert engine.cached_prompt_tokens == len(long_prefix)
+    finally:
+        engine.close()
+    assert outs == [alone(tiny, long_prefix + [1]), alone(tiny, long_prefix + [2])]

@@ -55,6 +55,7 @@ class ModelRunner:
         """End a slot's sequence (its cache contents stay, for prefix reuse)."""
         self.lengths[slot] = 0
 
+    @torch.inference_mode()
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Copy the keys and values of the first ``length`` positions of one slot into another."""
         self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
