@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--valid-examples", type=int, default=700)
     parser.add_argument("--epochs", default="auto", help="n_epochs for the job (a number or auto).")
     parser.add_argument("--fewshot-budget", type=int, default=1024, help="Token budget of the few-shot examples.")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("snips-results"))
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -98,9 +98,11 @@ def main() -> None:
             model=BASE, training_file=training.id, suffix=f"snips-{args.task}", hyperparameters={"n_epochs": epochs}
         )
         job = watch(client, job.id)
-        train_seconds = time.perf_counter() - started
         if job.status != "succeeded":
             sys.exit(f"{job.id} {job.status}: {job.error}")
+        # from "Fine-tuning job started" (not from creation: the worker may still be busy with another job)
+        began = [e.created_at for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if "started" in e.message]
+        train_seconds = job.finished_at - max(began) if began else time.perf_counter() - started
         console.print(f"{job.fine_tuned_model}: {job.trained_tokens:,} tokens in {train_seconds / 60:.1f} min")
 
         candidates = [
@@ -120,7 +122,7 @@ def main() -> None:
         write_html(out / "report.html", report, [parse_metrics_csv(csv, job.fine_tuned_model)])
         table = markdown_table(args.task, report, train_seconds, args.train_examples)
         (out / "table.md").write_text(table + "\n", encoding="utf-8")
-        summary = {"job": job.to_dict(), "train_seconds": train_seconds, "hyperparameters": job.hyperparameters.to_dict()}
+        summary = {"job": job.to_dict(), "train_seconds": train_seconds}
         (out / "job.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         console.print(table)
     finally:

@@ -151,15 +151,19 @@ class Engine:
                 if self.closed and not self.waiting and not self.active:
                     return
                 admitted = [self.waiting.popleft() for _ in range(min(len(self.waiting), len(self.free_slots)))]
-            try:
-                for request in admitted:
+            for request in admitted:
+                try:
                     self._prefill(request)
-                self._drop_cancelled()
+                except Exception as exc:  # a request that fails alone fails alone
+                    log.exception("prefill failed")
+                    self._finish(request, "error", str(exc))
+            self._drop_cancelled()
+            try:
                 if self.active:
                     self._decode_step()
             except Exception as exc:  # never let one bad batch kill the engine
-                log.exception("engine step failed")
-                for request in admitted + self.active:
+                log.exception("decode step failed")
+                for request in list(self.active):
                     self._finish(request, "error", str(exc))
 
     def _prefill(self, request: Request) -> None:
@@ -190,10 +194,10 @@ class Engine:
             in_place = best in self.free_slots and reuse > 0 and best_len == len(self.cached[best][1])
             slot = best if in_place else self.free_slots[0]
             self.free_slots.remove(slot)
+        request.slot = slot  # from here on, _finish returns the slot whatever happens
         if reuse > 0 and slot != best:
             self.runner.copy_prefix(best, slot, reuse)
         self.runner.lengths[slot] = reuse
-        request.slot = slot
         return reuse
 
     def _decode_step(self) -> None:
