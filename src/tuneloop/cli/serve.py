@@ -21,7 +21,8 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(get_settings(), run_worker=worker)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # on SIGTERM/Ctrl-C: open requests get 30 s to finish, then the engines cancel what is left
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 
 
 def worker() -> None:

@@ -41,6 +41,8 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
         if worker is not None:
             worker.shutdown.set()
             thread.join(timeout=90)
+        for engine in state.pool.engines().values():
+            engine.close(cancel=True)
 
     app = FastAPI(title="tuneloop", version=__version__, lifespan=lifespan)
     app.state.tuneloop = state

@@ -136,9 +136,15 @@ class Engine:
     def load(self) -> int:
         return len(self.waiting) + len(self.active)
 
-    def close(self) -> None:
-        """Stop the engine thread once it is idle (a process must not exit while it runs torch ops)."""
+    def close(self, cancel: bool = False) -> None:
+        """Stop the engine thread once it is idle (a process must not exit while it runs torch ops).
+
+        With ``cancel``, every waiting and running request ends first (finish reason ``cancelled``).
+        """
         with self.wakeup:
+            if cancel:
+                for request in [*self.waiting, *self.active]:
+                    request.cancelled.set()
             self.closed = True
             self.wakeup.notify()
         self.thread.join()

@@ -1,4 +1,4 @@
-"""Prefix caching in the engine: shared prompt prefixes are computed once and change no result."""
+"""The engine: prefix caching (shared prompt prefixes computed once, no result changed) and shutdown."""
 
 from __future__ import annotations
 
@@ -116,3 +116,23 @@ def test_prefix_is_copied_after_the_cache_grew(tiny):
     finally:
         engine.close()
     assert outs == [alone(tiny, long_prefix + [1]), alone(tiny, long_prefix + [2])]
+
+
+def test_close_with_cancel_ends_running_and_waiting_requests(tiny):
+    engine = Engine(*tiny, max_batch=1, max_len=512)
+    finished: list[str] = []
+    runs = []
+    for prompt in ([1, 2, 3], [4, 5, 6]):  # one runs, one waits for the only slot
+        request, _, done = make_request(tiny[1], prompt, n=400)
+
+        def record(event, forward=request.on_event) -> None:
+            if isinstance(event, FinishEvent):
+                finished.append(event.reason)
+            forward(event)
+
+        request.on_event = record
+        engine.submit(request)
+        runs.append(done)
+    engine.close(cancel=True)
+    assert all(done.wait(10) for done in runs) and finished == ["cancelled", "cancelled"]
+    assert not engine.thread.is_alive()
