@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 
 from tuneloop.cli.client import DEFAULT_BASE_URL, BaseUrl, connect, output_console, table, timestamp
-from tuneloop.cli.options import TrainingMethod, auto_or
+from tuneloop.cli.options import BatchSize, Epochs, LearningRateMultiplier, Method, TrainingMethod
 from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
@@ -62,22 +62,12 @@ def create(
     model: str = typer.Option(..., "--model", help="Base model (a catalog name) or a fine-tuned model id."),
     training_file: str = typer.Option(..., "--training-file", help="Id of an uploaded .jsonl file (file-...)."),
     validation_file: str | None = typer.Option(None, "--validation-file", help="Id of a validation file."),
-    epochs: str = typer.Option(
-        "auto", "--epochs", metavar="N|auto", callback=auto_or(int, "an integer"), help="Passes over the data."
-    ),
-    batch_size: str = typer.Option(
-        "auto", "--batch-size", metavar="N|auto", callback=auto_or(int, "an integer"), help="Examples per step."
-    ),
-    lr_multiplier: str = typer.Option(
-        "auto",
-        "--lr-multiplier",
-        metavar="X|auto",
-        callback=auto_or(float, "a number"),
-        help="Learning-rate multiplier.",
-    ),
+    epochs: Epochs = "auto",
+    batch_size: BatchSize = "auto",
+    lr_multiplier: LearningRateMultiplier = "auto",
     suffix: str | None = typer.Option(None, "--suffix", help="Up to 64 characters added to the model id."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for reproducible training."),
-    method: TrainingMethod = typer.Option(TrainingMethod.lora, "--method", help="LoRA adapters or full fine-tuning."),
+    method: Method = TrainingMethod.lora,
     metadata: list[str] = typer.Option(
         [], "--metadata", metavar="KEY=VALUE", callback=_check_metadata, help="Tag the job (repeatable)."
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -27,3 +28,20 @@ def auto_or(cast: type[int] | type[float], what: str) -> Callable[[str], int | f
             raise typer.BadParameter(f"expected 'auto' or {what}, got '{value}'") from None
 
     return parse
+
+
+Epochs = Annotated[
+    str,
+    typer.Option("--epochs", metavar="N|auto", callback=auto_or(int, "an integer"), help="Passes over the data."),
+]
+BatchSize = Annotated[
+    str,
+    typer.Option("--batch-size", metavar="N|auto", callback=auto_or(int, "an integer"), help="Examples per step."),
+]
+LearningRateMultiplier = Annotated[
+    str,
+    typer.Option(
+        "--lr-multiplier", metavar="X|auto", callback=auto_or(float, "a number"), help="Learning-rate multiplier."
+    ),
+]
+Method = Annotated[TrainingMethod, typer.Option("--method", help="LoRA adapters or full fine-tuning.")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.cli.options import TrainingMethod, auto_or
+from tuneloop.cli.options import BatchSize, Epochs, LearningRateMultiplier, Method, TrainingMethod
 
 
 def train(
@@ -15,24 +15,10 @@ def train(
     train_file: Path = typer.Option(..., "--train", help="Training JSONL file (chat or prompt/completion)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (adapter or model, checkpoints, metrics.csv)."),
     valid_file: Path | None = typer.Option(None, "--valid", help="Validation JSONL file."),
-    epochs: str = typer.Option(
-        "auto", "--epochs", metavar="N|auto", callback=auto_or(int, "an integer"), help="Epochs, or 'auto'."
-    ),
-    batch_size: str = typer.Option(
-        "auto",
-        "--batch-size",
-        metavar="N|auto",
-        callback=auto_or(int, "an integer"),
-        help="Examples per step, or 'auto'.",
-    ),
-    lr_multiplier: str = typer.Option(
-        "auto",
-        "--lr-multiplier",
-        metavar="X|auto",
-        callback=auto_or(float, "a number"),
-        help="Learning-rate multiplier, or 'auto'.",
-    ),
-    method: TrainingMethod = typer.Option(TrainingMethod.lora, "--method", help="lora or full."),
+    epochs: Epochs = "auto",
+    batch_size: BatchSize = "auto",
+    lr_multiplier: LearningRateMultiplier = "auto",
+    method: Method = TrainingMethod.lora,
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
     max_length: int | None = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
     seed: int = typer.Option(42, "--seed", help="Random seed."),
