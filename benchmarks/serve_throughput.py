@@ -251,12 +251,10 @@ class Server(ServerProcess):
     """``tuneloop serve --no-worker`` in a subprocess on a free loopback port."""
 
     def __init__(self, home: Path, max_batch: int, threads: int | None):
-        for key in [k for k in os.environ if k.startswith("TUNELOOP_")]:
-            os.environ.pop(key)  # only the settings below
         env = {"TUNELOOP_MAX_BATCH": str(max_batch), "TUNELOOP_API_KEY": API_KEY}
         if threads:
             env["TUNELOOP_NUM_THREADS"] = str(threads)
-        super().__init__(home, "--no-worker", env=env, log_path=home / "serve.log")
+        super().__init__(home, "--no-worker", env=env, log_path=home / "serve.log", inherit_settings=False)
 
     def decode_steps(self) -> int:
         return sum(e.get("decode_steps", 0) for e in self.health()["engines"].values())

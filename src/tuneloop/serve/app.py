@@ -68,7 +68,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "decode_steps": e.steps,
                 "prompt_tokens": e.prompt_tokens,
                 "cached_prompt_tokens": e.cached_prompt_tokens,
-            }  # fmt: skip
+            }
             for name, e in state.pool.engines().items()
         }
         return JSONResponse({"status": "ok", "version": __version__, "engines": engines})

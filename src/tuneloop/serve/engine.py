@@ -189,7 +189,7 @@ class Engine:
         name, prompt = _adapter_name(request.adapter), request.prompt_ids
         best, best_len = -1, 0
         for slot, (cached_name, tokens) in enumerate(self.cached):
-            if cached_name == name and tokens and prompt and tokens[0] == prompt[0]:
+            if cached_name == name:
                 length = len(os.path.commonprefix([tokens, prompt]))
                 if length > best_len or (length == best_len and slot in self.free_slots):
                     best, best_len = slot, length
@@ -201,9 +201,7 @@ class Engine:
             slot = best if in_place else self.free_slots[0]
             self.free_slots.remove(slot)
         request.slot = slot  # from here on, _finish returns the slot whatever happens
-        if reuse > 0 and slot != best:
-            self.runner.copy_prefix(best, slot, reuse)
-        self.runner.lengths[slot] = reuse
+        self.runner.start(slot, cached=reuse, source=best)
         return reuse
 
     def _decode_step(self) -> None:
@@ -234,8 +232,7 @@ class Engine:
     def _finish(self, request: Request, reason: str, error: str | None = None) -> None:
         if request in self.active:
             self.active.remove(request)
-        if request.slot >= 0:
-            self.runner.free(request.slot)
+        if request.slot >= 0:  # the slot's cache stays, for prefix reuse
             if reason == "error":  # the cache may be half-written
                 self.cached[request.slot] = (None, [])
             with self.wakeup:

@@ -149,9 +149,6 @@ def choice_logprobs(tokenizer, event: TokenEvent) -> dict | None:
     return entry
 
 
-__all__ = ["FinishEvent", "TokenEvent"]
-
-
 def usage(prompt_tokens: int, completion_tokens: int, stream: Stream | None = None) -> dict:
     """OpenAI's ``usage`` object; ``cached_tokens`` counts prompt tokens the prefix cache served."""
     body = {
@@ -162,3 +159,6 @@ def usage(prompt_tokens: int, completion_tokens: int, stream: Stream | None = No
     if stream is not None and stream.requests:
         body["prompt_tokens_details"] = {"cached_tokens": stream.requests[0].cached_tokens}
     return body
+
+
+__all__ = ["FinishEvent", "TokenEvent"]

@@ -27,7 +27,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A ``tuneloop serve`` (or ``worker``) child process with its own ``TUNELOOP_HOME``."""
+    """A ``tuneloop serve`` (or ``worker``) child process with its own ``TUNELOOP_HOME``.
+
+    It inherits this process's environment; with ``inherit_settings=False``, none of its
+    ``TUNELOOP_*`` settings (only ``env`` and the home).
+    """
 
     def __init__(
         self,
@@ -37,11 +41,13 @@ class ServerProcess:
         command: str = "serve",
         log_path: Path | None = None,
         api_key: str | None = None,
+        inherit_settings: bool = True,
     ):
         self.home = Path(home)
         self.port = free_port()
         self.api_key = api_key or (env or {}).get("TUNELOOP_API_KEY") or "tuneloop"
-        self.env = {**os.environ, "TUNELOOP_HOME": str(home), **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if inherit_settings or not k.startswith("TUNELOOP_")}
+        self.env = {**inherited, "TUNELOOP_HOME": str(home), **(env or {})}
         self.log_path = log_path or self.home / f"{command}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = self.log_path.open("w")

@@ -51,15 +51,14 @@ class ModelRunner:
         self.v_cache = F.pad(self.v_cache, pad)
         self.capacity = new
 
-    def free(self, slot: int) -> None:
-        """End a slot's sequence (its cache contents stay, for prefix reuse)."""
-        self.lengths[slot] = 0
-
     @torch.inference_mode()
-    def copy_prefix(self, source: int, target: int, length: int) -> None:
-        """Copy the keys and values of the first ``length`` positions of one slot into another."""
-        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
-        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
+    def start(self, slot: int, cached: int = 0, source: int | None = None) -> None:
+        """Begin a new sequence in ``slot`` whose first ``cached`` positions are already computed in
+        ``source``'s cache (copied over when that is another slot); prefill then runs the rest."""
+        if cached and source is not None and source != slot:
+            self.k_cache[:, slot, :, :cached] = self.k_cache[:, source, :, :cached]
+            self.v_cache[:, slot, :, :cached] = self.v_cache[:, source, :, :cached]
+        self.lengths[slot] = cached
 
     # -- linear layers with per-row adapters -----------------------------------------------------
     @staticmethod
@@ -108,11 +107,10 @@ class ModelRunner:
         hidden = self._forward(tokens, positions, slots, starts, groups, decode=True)
         for s in slots:
             self.lengths[s] += 1
-        logits = self._logits(hidden)
-        inverse = [0] * len(order)
-        for row, i in enumerate(order):
-            inverse[i] = row
-        return logits[inverse]  # back in the caller's order
+        sorted_logits = self._logits(hidden)
+        logits = torch.empty_like(sorted_logits)
+        logits[order] = sorted_logits  # back in the caller's order
+        return logits
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.hf.lm_head
@@ -165,11 +163,11 @@ class ModelRunner:
         """
         b, group = len(slots), self.n_heads // self.n_kv
         length = max(starts) + 1
-        pos = torch.tensor(starts, device=self.device)
         if b == 1:
             slot_index, mask = slots[0], None
         else:  # each slot sees its own positions only
             slot_index = torch.tensor(slots, device=self.device)
+            pos = torch.tensor(starts, device=self.device)
             valid = torch.arange(length, device=self.device)[None, :] <= pos[:, None]  # [B, L]
             mask = valid[:, None, None, :]
 

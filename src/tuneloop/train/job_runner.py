@@ -100,6 +100,7 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
         resume_from="latest" if resume is not None else None,
         device=settings.device if settings.device != "auto" else None,
     )
+    model_id = fine_tuned_model_id(job.model, settings.org, job.suffix, job.id)  # checkpoints share its id
     started = time.time()
     first_step: int | None = None  # the step this attempt started from (resumes start midway)
 
@@ -116,18 +117,17 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
         jobs.add_event(job.id, step_message(m), type="metrics", data=data)
 
     def on_checkpoint(info: CheckpointInfo) -> None:
-        model_id = fine_tuned_model_id(job.model, settings.org, job.suffix, job.id) + f":ckpt-step-{info.step}"
+        checkpoint_id = f"{model_id}:ckpt-step-{info.step}"
         metrics = {k: getattr(info.metrics, k) for k in METRIC_KEYS if k != "total_steps"} if info.metrics else {}
-        jobs.add_checkpoint(job.id, info.step, model_id, metrics, str(info.path))
+        jobs.add_checkpoint(job.id, info.step, checkpoint_id, metrics, str(info.path))
         existing = {str(p) for p in (out / "checkpoints").iterdir() if p.is_dir()}
         jobs.delete_checkpoints_except(job.id, existing)
-        jobs.add_event(job.id, f"Checkpoint created at step {info.step} with Snapshot ID: {model_id}")
+        jobs.add_event(job.id, f"Checkpoint created at step {info.step} with Snapshot ID: {checkpoint_id}")
 
     result = train(config, TrainCallbacks(on_step=on_step, on_checkpoint=on_checkpoint), stop.is_set)
     if result.stopped:
         return  # paused or cancelled: the worker records the outcome
     results = files.create_bytes("step_metrics.csv", "fine-tune-results", result.metrics_csv.read_bytes())
-    model_id = fine_tuned_model_id(job.model, settings.org, job.suffix, job.id)
     jobs.add_model(model_id, job.model, job.id, result.method, str(result.weights_path))
     jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
     resolved = result.hyperparameters.model_dump()
