@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,14 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=16, description="Sequences decoded together per base model.")
     max_queued_requests: int = Field(default=64, description="Requests waiting per model before answering 429.")
     max_adapters: int = Field(default=8, description="LoRA adapters kept loaded (least recently used evicted).")
+    serve_weights: Literal["auto", "float32", "int8"] = Field(
+        default="auto",
+        description=(
+            "Weights the serving engine decodes from: auto = a GGUF model's own int8/4-bit blocks where they "
+            "reproduce its weights exactly (lossless), else float32; float32 = always float32; int8 = also "
+            "quantize every other linear layer to int8 per group of 32 (faster, slightly lossy)."
+        ),
+    )
     num_threads: int | None = Field(
         default=None, description="CPU threads for torch; default: the number of available cores."
     )

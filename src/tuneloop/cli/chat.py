@@ -74,7 +74,8 @@ def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
 
     settings = get_settings()
     started = time.perf_counter()
-    pool = ModelPool(Catalog(settings), JobStore(make_engine(settings)), EngineOptions(max_batch=1))
+    options = EngineOptions(max_batch=1, weights=settings.serve_weights)
+    pool = ModelPool(Catalog(settings), JobStore(make_engine(settings)), options)
     resolved = pool.resolve(model)
     engine, adapter = pool.acquire(resolved)
     print(f"Loaded {model} in {time.perf_counter() - started:.1f}s", file=sys.stderr)

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
     """Build the app; with ``run_worker`` the server also runs one job worker in a thread."""
     state = AppState.open(settings)
-    options = EngineOptions(settings.max_batch, settings.max_queued_requests, settings.max_adapters)
+    options = EngineOptions(
+        settings.max_batch, settings.max_queued_requests, settings.max_adapters, weights=settings.serve_weights
+    )
     state.pool = ModelPool(state.catalog, state.jobs, options)
 
     @asynccontextmanager
@@ -68,6 +70,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "decode_steps": e.steps,
                 "prompt_tokens": e.prompt_tokens,
                 "cached_prompt_tokens": e.cached_prompt_tokens,
+                "quantized_layers": len(e.runner.packed),  # linear layers decoded from int8 codes
             }
             for name, e in state.pool.engines().items()
         }

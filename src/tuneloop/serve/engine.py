@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tuneloop.serve.lora_weights import LoraAdapter
+from tuneloop.serve.quantized import GroupQuantized
 from tuneloop.serve.runner import ModelRunner
 from tuneloop.serve.sampling import Sampler, SamplingParams, TokenChoice
 
@@ -107,8 +108,11 @@ class Request:
 class Engine:
     """Continuous-batching generation for one base model."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_len: int = 2048, max_queue: int = 64):
-        self.runner = ModelRunner(model, max_batch, max_len)
+    def __init__(
+        self, model, tokenizer, *, max_batch: int = 16, max_len: int = 2048, max_queue: int = 64,
+        packed: dict[str, GroupQuantized] | None = None,
+    ):  # fmt: skip
+        self.runner = ModelRunner(model, max_batch, max_len, packed)
         self.tokenizer = tokenizer
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()

@@ -16,6 +16,7 @@ from tuneloop.errors import ModelNotFoundError
 from tuneloop.models import Catalog, load_model
 from tuneloop.serve.engine import Engine
 from tuneloop.serve.lora_weights import LoraAdapter, load_lora
+from tuneloop.serve.packed_weights import ServeWeights, pack_model
 from tuneloop.store.jobs import JobStore
 
 
@@ -37,6 +38,7 @@ class EngineOptions:
     max_queue: int = 64
     max_adapters: int = 8
     max_len: int = 4096
+    weights: ServeWeights = "auto"  # see Settings.serve_weights
 
 
 class ModelPool:
@@ -98,9 +100,12 @@ class ModelPool:
         else:
             model, tokenizer, entry = load_model(self.catalog, resolved.base)
         o = self.options
+        # a full fine-tune's weights are no longer the GGUF's: only checked (and then skipped) layer by layer
+        packed = pack_model(model, o.weights, entry.source if entry.source_kind == "gguf" else None)
         return Engine(
-            model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length), max_queue=o.max_queue
-        )
+            model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length),
+            max_queue=o.max_queue, packed=packed,
+        )  # fmt: skip
 
     def engines(self) -> dict[str, Engine]:
         """The running engines by base model (or full model id)."""

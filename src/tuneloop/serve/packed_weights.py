@@ -1,0 +1,137 @@
+"""Which of a model's linear layers the engine decodes from int8 codes, and where the codes come from.
+
+* From the GGUF file the model was converted from: its Q8_0 / Q4_0 / Q4_1 blocks are the weights'
+  own values (the float32 model is their dequantization), so decoding from them is lossless. Every
+  layer is checked: its codes must reproduce the loaded float32 weight exactly, or the layer stays
+  float32 (a fully fine-tuned model's changed weights, say).
+* ``int8`` mode also quantizes every other linear layer (symmetric int8 per group of 32): faster
+  for models that come as float32 folders, at a small cost in accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from tuneloop.serve.quantized import GROUP, GroupQuantized, kernel_available, quantize_int8
+
+log = logging.getLogger(__name__)
+
+ServeWeights = Literal["auto", "float32", "int8"]
+
+#: GGUF tensor name (in block N) -> Hugging Face module path
+_BLOCK_TENSORS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def pack_model(model, mode: ServeWeights, gguf: Path | None = None) -> dict[str, GroupQuantized]:
+    """Module name -> int8 codes for each linear layer to decode quantized (empty: all float32)."""
+    if mode == "float32" or next(model.parameters()).device.type != "cpu" or not kernel_available():
+        return {}
+    linears = _linear_modules(model)
+    packed = _from_gguf(model, linears, gguf) if gguf is not None else {}
+    if mode == "int8":
+        for name, module in linears.items():
+            if name not in packed and module.weight.shape[1] % GROUP == 0:
+                packed[name] = quantize_int8(module.weight)
+    return packed
+
+
+def _linear_modules(model) -> dict[str, torch.nn.Module]:
+    """The decoder's projections and the output head, by module name."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and (name == "lm_head" or name.rsplit(".", 1)[-1] in _PROJECTIONS)
+    }
+
+
+_PROJECTIONS = {path.rsplit(".", 1)[-1] for path in _BLOCK_TENSORS.values()}
+
+
+def _from_gguf(model, linears: dict[str, torch.nn.Module], gguf: Path) -> dict[str, GroupQuantized]:
+    """Codes read from ``gguf`` for the layers whose float32 weight they reproduce exactly."""
+    from gguf import GGUFReader
+
+    config = model.config
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    head = linears.get("lm_head")
+    tied = head is not None and head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    packed, skipped = {}, []
+    for tensor in GGUFReader(str(gguf)).tensors:
+        targets = _hf_names(tensor.name, tied)
+        targets = [t for t in targets if t in linears]
+        if not targets:
+            continue
+        codes = _decode_blocks(tensor)
+        if codes is None:
+            skipped.append(tensor.name)
+            continue
+        weight = linears[targets[0]].weight.detach()
+        kind = tensor.name.split(".")[2] if tensor.name.startswith("blk.") else ""
+        for candidate in _row_orders(codes, heads.get(kind)):
+            if candidate.codes.shape == weight.shape and torch.equal(candidate.dequantize(), weight):
+                packed.update(dict.fromkeys(targets, candidate))
+                break
+        else:
+            skipped.append(tensor.name)
+    if skipped:
+        log.info("%d GGUF tensors do not match the loaded weights and stay float32", len(skipped))
+    return packed
+
+
+def _hf_names(gguf_name: str, tied: bool) -> list[str]:
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _BLOCK_TENSORS and parts[3] == "weight":
+        return [f"model.layers.{parts[1]}.{_BLOCK_TENSORS[parts[2]]}"]
+    if gguf_name == "output.weight":
+        return ["lm_head"]
+    if gguf_name == "token_embd.weight" and tied:
+        return ["lm_head"]
+    return []
+
+
+def _decode_blocks(tensor) -> GroupQuantized | None:
+    """Codes, scales and offsets of a Q8_0 / Q4_0 / Q4_1 tensor (None for other types)."""
+    kind = tensor.tensor_type.name
+    layout = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}.get(kind)
+    if layout is None:
+        return None
+    k = int(tensor.shape[0])
+    data = np.asarray(tensor.data, dtype=np.uint8)
+    n = data.size // (k // GROUP * layout)
+    blocks = data.reshape(n, k // GROUP, layout)
+    scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    offset = None
+    if kind == "Q8_0":
+        codes = blocks[..., 2:34].copy().view(np.int8)
+    else:
+        packed = blocks[..., 2:18] if kind == "Q4_0" else blocks[..., 4:20]
+        codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).astype(np.int8)
+        if kind == "Q4_0":
+            codes -= 8
+        else:
+            offset = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+    return GroupQuantized(torch.from_numpy(codes.reshape(n, k)).contiguous(), torch.from_numpy(scale), offset)
+
+
+def _row_orders(codes: GroupQuantized, n_head: int | None) -> list[GroupQuantized]:
+    """The tensor as stored, and, for q/k, with llama.cpp's rotary row permutation undone."""
+    candidates = [codes]
+    n = codes.codes.shape[0]
+    if n_head and n % (2 * n_head) == 0:
+        index = torch.arange(n).reshape(n_head, n // n_head // 2, 2).transpose(1, 2).reshape(-1)
+        offset = codes.offset[index].contiguous() if codes.offset is not None else None
+        candidates.append(GroupQuantized(codes.codes[index].contiguous(), codes.scale[index].contiguous(), offset))
+    return candidates

@@ -1,0 +1,149 @@
+"""Decoding from int8 codes: the C kernel's numbers, batch invariance, and lossless GGUF packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tuneloop.serve.packed_weights import pack_model
+from tuneloop.serve.quantized import GroupQuantized, kernel_available, kernel_error, quantize_int8
+from tuneloop.serve.runner import ModelRunner
+
+pytestmark = pytest.mark.skipif(not kernel_available(), reason=f"no quantized kernel here: {kernel_error()}")
+
+
+def random_codes(n: int, k: int, offset: bool, seed: int = 0) -> GroupQuantized:
+    g = torch.Generator().manual_seed(seed)
+    if offset:  # Q4_1-like: codes 0..15, scale and minimum per group
+        codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int8)
+        return GroupQuantized(codes, torch.rand(n, k // 32, generator=g) * 0.1, -torch.rand(n, k // 32, generator=g))
+    codes = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    return GroupQuantized(codes, torch.rand(n, k // 32, generator=g) * 0.01, None)
+
+
+@pytest.mark.parametrize("offset", [True, False])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 17])
+def test_kernel_matches_float_matmul(offset, rows):
+    codes = random_codes(37, 96, offset)  # 37 outputs: a tail that is not a multiple of 4
+    x = torch.randn(rows, 96)
+    expected = x.double() @ codes.dequantize().double().T
+    assert torch.allclose(codes.matmul(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_row_gives_the_same_bits_in_any_batch():
+    codes = random_codes(64, 128, offset=True, seed=1)
+    x = torch.randn(9, 128)
+    together = codes.matmul(x)
+    for i in range(9):
+        assert torch.equal(codes.matmul(x[i : i + 1])[0], together[i])
+    assert torch.equal(codes.matmul(x[3:7]), together[3:7])
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError):
+        GroupQuantized(torch.zeros(4, 40, dtype=torch.int8), torch.ones(4, 1), None)
+    with pytest.raises(ValueError):
+        random_codes(4, 64, offset=False).matmul(torch.randn(2, 32))
+
+
+def test_quantize_int8_error_is_at_most_half_a_step():
+    w = torch.randn(48, 64)
+    codes = quantize_int8(w)
+    step = codes.scale.repeat_interleave(32, dim=1)
+    assert codes.codes.abs().max() <= 127 and codes.offset is None
+    assert ((codes.dequantize() - w).abs() <= step / 2 + 1e-7).all()
+
+
+# -- lossless packing from a GGUF file -------------------------------------------------------------
+def _llama_cpp_permute(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """The row order llama.cpp's converter stores q/k projections in (for rotary embeddings)."""
+    n = rows.shape[0]
+    return rows.reshape(n_head, 2, n // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+@pytest.fixture
+def gguf_model(tiny_model_dir, tmp_path):
+    """The tiny model as a GGUF would hold it: Q4_1 projections (q/k permuted), a Q8_0 embedding/head,
+    the float32 model set to their dequantized values; layer 1's down projection does not match."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(tmp_path / "tiny.gguf"), "llama")
+    names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}  # fmt: skip
+    heads = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}
+    kind = gguf.GGMLQuantizationType
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            for hf, short in names.items():
+                module = getattr(layer.self_attn if hf in heads or hf in ("v_proj", "o_proj") else layer.mlp, hf)
+                blocks = quantize(module.weight.numpy(), kind.Q4_1)
+                module.weight.copy_(torch.from_numpy(dequantize(blocks, kind.Q4_1)))
+                if hf in heads:
+                    blocks = _llama_cpp_permute(blocks, heads[hf])
+                if (i, hf) == (1, "down_proj"):
+                    blocks = quantize(np.random.default_rng(0).standard_normal(module.weight.shape, np.float32),
+                                      kind.Q4_1)  # fmt: skip
+                writer.add_tensor(f"blk.{i}.{short}.weight", blocks, raw_dtype=kind.Q4_1)
+        embed = model.model.embed_tokens.weight
+        blocks = quantize(embed.numpy(), kind.Q8_0)
+        embed.copy_(torch.from_numpy(dequantize(blocks, kind.Q8_0)))
+        writer.add_tensor("token_embd.weight", blocks, raw_dtype=kind.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model, tmp_path / "tiny.gguf"
+
+
+def test_gguf_blocks_pack_exactly_the_layers_they_reproduce(gguf_model):
+    model, path = gguf_model
+    packed = pack_model(model, "auto", path)
+    layers = len(model.model.layers)
+    assert "model.layers.1.mlp.down_proj" not in packed  # its blocks are another weight's
+    assert len(packed) == 7 * layers - 1 + 1  # every other projection, and the tied head
+    for name, codes in packed.items():
+        assert torch.equal(codes.dequantize(), model.get_submodule(name).weight)
+    assert pack_model(model, "float32", path) == {}
+    assert len(pack_model(model, "int8", path)) == 7 * layers + 1  # the odd one quantized
+
+
+def greedy(runner: ModelRunner, slot: int, ids: list[int], n: int) -> list[int]:
+    token = int(runner.prefill(slot, ids, None).argmax())
+    out = [token]
+    for _ in range(n - 1):
+        token = int(runner.decode([slot], [token], [None])[0].argmax())
+        out.append(token)
+    return out
+
+
+def test_decoding_from_gguf_codes_matches_float32_and_hugging_face(gguf_model):
+    model, path = gguf_model
+    ids = list(range(200, 230))
+    with torch.inference_mode():
+        reference = model.generate(torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    quantized = ModelRunner(model, 2, 256, pack_model(model, "auto", path))
+    assert len(quantized.packed) > 0
+    assert greedy(quantized, 0, ids, 16) == reference[0, len(ids) :].tolist()
+
+
+def test_int8_decode_batch_equals_solo_runs(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    packed = pack_model(model, "int8")
+    prompts = [list(range(300, 320)), list(range(400, 425)), list(range(500, 512))]
+    solo = [greedy(ModelRunner(model, 1, 256, packed), 0, p, 10) for p in prompts]
+    runner = ModelRunner(model, 3, 256, packed)
+    tokens = [int(runner.prefill(i, p, None).argmax()) for i, p in enumerate(prompts)]
+    together = [[t] for t in tokens]
+    for _ in range(9):
+        logits = runner.decode([0, 1, 2], tokens, [None, None, None])
+        tokens = [int(row.argmax()) for row in logits]
+        for out, t in zip(together, tokens, strict=True):
+            out.append(t)
+    assert together == solo
