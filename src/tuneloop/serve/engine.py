@@ -112,7 +112,6 @@ class Engine:
         self, model, tokenizer, *, max_batch: int = 16, max_len: int = 2048, max_queue: int = 64,
         packed: dict[str, GroupQuantized] | None = None,
     ):  # fmt: skip
-        self.runner = ModelRunner(model, max_batch, max_len, packed)
         self.tokenizer = tokenizer
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()
@@ -125,8 +124,17 @@ class Engine:
         self.prompt_tokens = 0  # prompt tokens admitted
         self.cached_prompt_tokens = 0  # of those, served from the prefix cache
         self.closed = False
-        self.thread = threading.Thread(target=self._loop, name="tuneloop-engine", daemon=True)
+        # the runner (its KV cache) is made in the engine thread, which then runs every torch op of it
+        self.runner: ModelRunner
+        ready: list[BaseException | None] = []
+        self.thread = threading.Thread(
+            target=self._run, args=(model, max_batch, max_len, packed, ready), name="tuneloop-engine", daemon=True
+        )
         self.thread.start()
+        with self.wakeup:
+            self.wakeup.wait_for(lambda: ready)
+        if ready[0] is not None:
+            raise ready[0]
 
     def submit(self, request: Request) -> None:
         """Queue a request; raises QueueFullError when the queue is full."""
@@ -152,6 +160,22 @@ class Engine:
             self.closed = True
             self.wakeup.notify()
         self.thread.join()
+
+    def _run(self, model, max_batch: int, max_len: int, packed, ready: list) -> None:
+        """The engine thread. All of the model's torch work runs on it: with OpenMP (torch's CPU
+        threads) a second thread that keeps its own team of worker threads would make both teams
+        wait passively between parallel regions, about halving the speed of every decode step."""
+        try:
+            self.runner = ModelRunner(model, max_batch, max_len, packed)
+        except BaseException as exc:
+            with self.wakeup:
+                ready.append(exc)
+                self.wakeup.notify_all()
+            return
+        with self.wakeup:
+            ready.append(None)
+            self.wakeup.notify_all()
+        self._loop()
 
     def _loop(self) -> None:
         while True:

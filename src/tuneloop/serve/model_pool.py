@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tuneloop.errors import ModelNotFoundError
 from tuneloop.models import Catalog, load_model
@@ -18,6 +20,8 @@ from tuneloop.serve.engine import Engine
 from tuneloop.serve.lora_weights import LoraAdapter, load_lora
 from tuneloop.serve.packed_weights import ServeWeights, pack_model
 from tuneloop.store.jobs import JobStore
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -94,6 +98,9 @@ class ModelPool:
             return engine, adapter
 
     def _start_engine(self, resolved: ResolvedModel) -> Engine:
+        return _in_passing_thread(lambda: self._load_engine(resolved))
+
+    def _load_engine(self, resolved: ResolvedModel) -> Engine:
         if resolved.kind == "full":
             entry = self.catalog.get(resolved.base)
             model, tokenizer = _load_full(resolved.path, entry, self.catalog.settings.resolved_device())
@@ -121,6 +128,30 @@ class ModelPool:
             engine = self._engines.pop(model_id, None)
         if engine is not None:  # a full fine-tuned model's own engine: stop its thread once idle
             threading.Thread(target=engine.close, name=f"close-{model_id}", daemon=True).start()
+
+
+def _in_passing_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` in a new thread that ends with it, and return its result (or raise its error).
+
+    Loading a model runs parallel torch ops; a long-lived thread that did so (a server's request
+    thread) would keep an OpenMP team alive beside the engine thread's and slow every decode step
+    (see ``Engine._run``). A thread that ends takes its team with it.
+    """
+    result: list = []
+
+    def target() -> None:
+        try:
+            result.append((True, work()))
+        except BaseException as exc:
+            result.append((False, exc))
+
+    thread = threading.Thread(target=target, name="tuneloop-load")
+    thread.start()
+    thread.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _load_full(path: Path, entry, device: str):

@@ -2,9 +2,9 @@
 
 Decoding reads every weight once per step, so its speed is set by the bytes of the weights:
 int8 codes read 3.2x fewer bytes than float32. ``GroupQuantized.matmul`` runs the C kernel in
-``kernels/qmatmul.c`` (AVX2 + FMA), compiled once per machine with the system C compiler and
-cached; where it cannot be built (no compiler, not x86-64 with AVX2/FMA) ``kernel_available()``
-is False and the engine keeps using float32 weights.
+``kernels/qmatmul.c`` (AVX2 + FMA; AVX-512 where the CPU has it), compiled once per machine with
+the system C compiler and cached; where it cannot be built (no compiler, not x86-64 with
+AVX2/FMA) ``kernel_available()`` is False and the engine keeps using float32 weights.
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ def _build() -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
+    flags = [*_FLAGS, *(["-mavx512f"] if "avx512f" in _cpu_flags() else [])]  # 16-float lanes
     source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"
     target = cache / f"qmatmul-{digest}.so"
     if target.is_file():
@@ -137,7 +138,7 @@ def _build() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(built)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, str(_SOURCE), "-o", str(built)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-500:]}")
         os.replace(built, target)  # atomic: concurrent builders each leave a complete file

@@ -1,4 +1,5 @@
-/* Group-quantized matrix product for the serving engine (AVX2 + FMA, OpenMP over output rows).
+/* Group-quantized matrix product for the serving engine (AVX2 + FMA, or AVX-512 where the
+ * compiler is told so; OpenMP over output rows).
  *
  * The weight W [N, K] is stored as int8 codes q [N, K] with one scale (and optionally one offset)
  * per group of 32 consecutive inputs of a row:  W[n, k] = scale[n, k/32] * q[n, k] + offset[n, k/32].
@@ -16,46 +17,88 @@
 
 #define GROUP 32
 
-static inline float hsum(__m256 v) {
+#if defined(__AVX512F__)
+/* 512-bit lanes: one group of 32 inputs is two vectors. */
+typedef __m512 vec;
+#define LANES 16
+#define VZERO() _mm512_setzero_ps()
+#define VSET(v) _mm512_set1_ps(v)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VCODES(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define VSUM(v) _mm512_reduce_add_ps(v)
+#define MB_MAX 4
+#else
+/* 256-bit lanes (AVX2): one group is four vectors. */
+typedef __m256 vec;
+#define LANES 8
+#define VZERO() _mm256_setzero_ps()
+#define VSET(v) _mm256_set1_ps(v)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VCODES(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+static inline float hsum256(__m256 v) {
     __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
     lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
     return _mm_cvtss_f32(lo);
 }
+#define VSUM(v) hsum256(v)
+#define MB_MAX 2 /* 16 registers: 4 rows x 2 inputs of accumulators, 4 of weights */
+#endif
+#define PARTS (GROUP / LANES)
 
-/* R consecutive output rows times MB consecutive rows of x, over all K inputs. */
+/* R consecutive output rows times MB consecutive rows of x, over all K inputs. Every tile adds the
+ * same products in the same order, so y[m, n] does not depend on the tile that computed it. */
 #define TILE(R, MB)                                                                                  \
     static inline void tile_##R##_##MB(const int8_t *q, const float *s, const float *o,              \
                                        const float *x, float *y, int64_t N, int64_t K) {             \
         const int64_t G = K / GROUP;                                                                 \
-        __m256 acc[R][MB];                                                                           \
+        vec acc[R][MB];                                                                              \
         for (int r = 0; r < R; r++)                                                                  \
-            for (int b = 0; b < MB; b++) acc[r][b] = _mm256_setzero_ps();                            \
+            for (int b = 0; b < MB; b++) acc[r][b] = VZERO();                                        \
         for (int64_t g = 0; g < G; g++) {                                                            \
             for (int r = 0; r < R; r++) {                                                            \
                 const int8_t *qg = q + r * K + g * GROUP;                                            \
-                const __m256 sg = _mm256_set1_ps(s[r * G + g]);                                      \
-                const __m256 og = o ? _mm256_set1_ps(o[r * G + g]) : _mm256_setzero_ps();            \
-                __m256 w[4];                                                                         \
-                for (int j = 0; j < 4; j++) {                                                        \
-                    __m128i b8 = _mm_loadl_epi64((const __m128i *)(qg + 8 * j));                     \
-                    w[j] = _mm256_fmadd_ps(sg, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b8)), og);    \
-                }                                                                                    \
+                const vec sg = VSET(s[r * G + g]), og = o ? VSET(o[r * G + g]) : VZERO();            \
+                vec w[PARTS];                                                                        \
+                for (int j = 0; j < PARTS; j++) w[j] = VFMA(sg, VCODES(qg + LANES * j), og);         \
                 for (int b = 0; b < MB; b++) {                                                       \
                     const float *xg = x + b * K + g * GROUP;                                         \
-                    for (int j = 0; j < 4; j++)                                                      \
-                        acc[r][b] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xg + 8 * j), acc[r][b]);   \
+                    for (int j = 0; j < PARTS; j++) acc[r][b] = VFMA(w[j], VLOAD(xg + LANES * j), acc[r][b]); \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
         for (int r = 0; r < R; r++)                                                                  \
-            for (int b = 0; b < MB; b++) y[b * N + r] = hsum(acc[r][b]);                             \
+            for (int b = 0; b < MB; b++) y[b * N + r] = VSUM(acc[r][b]);                             \
     }
 
-TILE(4, 2)
 TILE(4, 1)
-TILE(1, 2)
+TILE(4, 2)
 TILE(1, 1)
+TILE(1, 2)
+#if MB_MAX == 4
+TILE(4, 4)
+TILE(1, 4)
+#endif
+
+static inline void tile(int rows, int mb, const int8_t *q, const float *s, const float *o, const float *x,
+                        float *y, int64_t N, int64_t K) {
+#if MB_MAX == 4
+    if (mb == 4) {
+        if (rows == 4) tile_4_4(q, s, o, x, y, N, K);
+        else tile_1_4(q, s, o, x, y, N, K);
+        return;
+    }
+#endif
+    if (mb == 2) {
+        if (rows == 4) tile_4_2(q, s, o, x, y, N, K);
+        else tile_1_2(q, s, o, x, y, N, K);
+    } else {
+        if (rows == 4) tile_4_1(q, s, o, x, y, N, K);
+        else tile_1_1(q, s, o, x, y, N, K);
+    }
+}
 
 /* y [M, N] = x [M, K] @ W.T; offset may be NULL (symmetric codes). K must be a multiple of 32. */
 void tl_qmatmul(const int8_t *q, const float *scale, const float *offset, const float *x, float *y,
@@ -68,16 +111,10 @@ void tl_qmatmul(const int8_t *q, const float *scale, const float *offset, const 
         for (int64_t n = first; n < first + rows; n += rows == 4 ? 4 : 1) {
             const int8_t *qn = q + n * K;
             const float *sn = scale + n * G, *on = offset ? offset + n * G : 0;
-            for (int64_t m = 0; m < M; m += 2) {
-                const float *xm = x + m * K;
-                float *ym = y + m * N + n;
-                if (M - m >= 2) {
-                    if (rows == 4) tile_4_2(qn, sn, on, xm, ym, N, K);
-                    else tile_1_2(qn, sn, on, xm, ym, N, K);
-                } else {
-                    if (rows == 4) tile_4_1(qn, sn, on, xm, ym, N, K);
-                    else tile_1_1(qn, sn, on, xm, ym, N, K);
-                }
+            for (int64_t m = 0; m < M;) {
+                const int mb = M - m >= MB_MAX ? MB_MAX : M - m >= 2 ? 2 : 1;
+                tile(rows == 4 ? 4 : 1, mb, qn, sn, on, x + m * K, y + m * N + n, N, K);
+                m += mb;
             }
         }
     }
