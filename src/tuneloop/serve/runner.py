@@ -115,10 +115,9 @@ class ModelRunner:
         hidden = self._forward(tokens, positions, slots, starts, groups, decode=True)
         for s in slots:
             self.lengths[s] += 1
-        sorted_logits = self._logits(hidden)
-        logits = torch.empty_like(sorted_logits)
-        logits[order] = sorted_logits  # back in the caller's order
-        return logits
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return self._logits(hidden).index_select(0, inverse.to(self.device))  # back in the caller's order
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._project(self.hf.lm_head, self.core.norm(hidden)).float()
@@ -170,35 +169,38 @@ class ModelRunner:
         return attend
 
     def _decode_attention(self, slots: Sequence[int], starts: Sequence[int]):
-        """Attention for one new token per slot, all slots in one call.
+        """Attention for one new token per slot, all slots in one call, reading the cache in place.
 
         The query heads that share a key/value head are laid out as that head's "query positions"
-        ([B, n_kv, group, d]), so keys and values are never repeated per query head; with one slot
-        the cache is read in place (no gather).
+        ([B, n_kv, group, d]), so keys and values are never repeated per query head. Attention runs
+        over the cache's view of the slot range the batch spans (no gather of keys and values: that
+        copy cost as much as the whole rest of a 16-slot step); a slot in the range that is not in
+        the batch gets a zero query that sees one position, and its output is dropped.
         """
-        b, group = len(slots), self.n_heads // self.n_kv
+        b, group, d = len(slots), self.n_heads // self.n_kv, self.head_dim
         length = max(starts) + 1
+        lo, hi = min(slots), max(slots) + 1
+        rows = torch.tensor([s - lo for s in slots], device=self.device)  # each token's place in the range
+        pos = torch.tensor(starts, device=self.device)
+        # where each token's key/value goes in the cache flattened to [slots * n_kv * capacity, d]
+        heads = torch.arange(self.n_kv, device=self.device)
+        flat = (torch.tensor(slots, device=self.device)[:, None] * self.n_kv + heads) * self.capacity + pos[:, None]
+        flat = flat.reshape(-1)
         if b == 1:
-            slot_index, mask = slots[0], None
-        else:  # each slot sees its own positions only
-            slot_index = torch.tensor(slots, device=self.device)
-            pos = torch.tensor(starts, device=self.device)
-            valid = torch.arange(length, device=self.device)[None, :] <= pos[:, None]  # [B, L]
-            mask = valid[:, None, None, :]
+            mask = None
+        else:  # each slot sees its own positions only (an absent slot: position 0)
+            seen = torch.zeros(hi - lo, dtype=torch.long, device=self.device).index_copy_(0, rows, pos)
+            mask = (torch.arange(length, device=self.device)[None, :] <= seen[:, None])[:, None, None, :]
 
         def attend(li: int, q, k, v):
-            if b == 1:  # views of the slot's cache
-                self.k_cache[li, slot_index, :, length - 1] = k[0]
-                self.v_cache[li, slot_index, :, length - 1] = v[0]
-                keys = self.k_cache[li, slot_index, None, :, :length]
-                values = self.v_cache[li, slot_index, None, :, :length]
-            else:  # gathered copies [B, n_kv, L, d]
-                self.k_cache[li, slot_index, :, pos] = k
-                self.v_cache[li, slot_index, :, pos] = v
-                keys = self.k_cache[li, slot_index, :, :length]
-                values = self.v_cache[li, slot_index, :, :length]
-            queries = q.view(b, self.n_kv, group, self.head_dim)
-            return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+            self.k_cache[li].view(-1, d).index_copy_(0, flat, k.reshape(-1, d))
+            self.v_cache[li].view(-1, d).index_copy_(0, flat, v.reshape(-1, d))
+            keys, values = self.k_cache[li, lo:hi, :, :length], self.v_cache[li, lo:hi, :, :length]
+            queries = q.view(b, self.n_kv, group, d)
+            if b > 1:
+                queries = q.new_zeros(hi - lo, self.n_kv, group, d).index_copy_(0, rows, queries)
+            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+            return out if b == 1 else out.index_select(0, rows)
 
         return attend
 
