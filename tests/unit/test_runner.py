@@ -78,3 +78,29 @@ def test_mixed_adapter_batch_matches_peft_and_solo_runs(tiny, tiny_model_dir, ad
 def test_cache_grows_beyond_initial_capacity(tiny):
     ids = list(range(1000, 1300))  # longer than the initial 256-token capacity
     assert greedy_runner(ModelRunner(tiny, 1, 1024), 0, ids, 5) == greedy_hf(tiny, ids, 5)
+
+
+def test_stacked_adapters_equal_one_adapter_at_a_time():
+    from tuneloop.serve.lora_weights import LoraAdapter, stack_adapters
+
+    g = torch.Generator().manual_seed(0)
+
+    def factors(rank: int, k: int = 32, n: int = 48, scale: float = 2.0):
+        return torch.randn(rank, k, generator=g), torch.randn(n, rank, generator=g), scale
+
+    first = LoraAdapter("a", {(0, "q_proj"): factors(4), (0, "v_proj"): factors(4)})
+    second = LoraAdapter("b", {(0, "q_proj"): factors(8, scale=0.5)})  # other rank, no v_proj
+    stack = stack_adapters((first, second))
+    rows = [(0, slice(0, 2)), (1, slice(2, 5))]  # row 5: the base model (no adapter)
+    mask = stack.row_mask(rows, 6)
+    x = torch.randn(6, 32, generator=g)
+    for name in ("q_proj", "v_proj"):
+        expected = torch.zeros(6, 48)
+        for index, span in rows:
+            adapter = (first, second)[index]
+            if (0, name) in adapter.factors:
+                a, b, scale = adapter.factors[(0, name)]
+                expected[span] = (x[span] @ a.T) @ b.T * scale
+        got = (x @ stack.a[(0, name)].T * mask) @ stack.b[(0, name)]
+        assert torch.allclose(got, expected, atol=1e-5)
+    assert got[5].abs().max() == 0

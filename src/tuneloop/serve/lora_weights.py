@@ -57,3 +57,45 @@ def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> Lo
         pieces.setdefault((layer, proj), {})[which] = tensor.to(device=device, dtype=torch.float32)
     factors = {k: (v["A"], v["B"], scale) for k, v in pieces.items() if "A" in v and "B" in v}
     return LoraAdapter(name, factors)
+
+
+@dataclass
+class LoraStack:
+    """Several adapters' factors side by side, so a batch mixing them applies every adapter in one
+    pair of matmuls per projection: ``y += ((x @ a.T) * mask) @ b``, where the mask keeps each row's
+    own adapter's columns (``columns``). B is stored transposed and pre-scaled."""
+
+    adapters: tuple[LoraAdapter, ...]
+    a: dict[tuple[int, str], torch.Tensor]  # [sum of ranks, in]
+    b: dict[tuple[int, str], torch.Tensor]  # [sum of ranks, out]
+    columns: list[slice]  # each adapter's columns
+
+    def row_mask(self, groups: list[tuple[int, slice]], rows: int) -> torch.Tensor:
+        """[rows, sum of ranks] mask for (adapter index, row slice) groups; rows in no group get none."""
+        mask = torch.zeros(rows, self.columns[-1].stop, device=next(iter(self.a.values())).device)
+        for index, span in groups:
+            mask[span, self.columns[index]] = 1.0
+        return mask
+
+
+def stack_adapters(adapters: tuple[LoraAdapter, ...]) -> LoraStack:
+    """Concatenate adapters' factors (a projection an adapter lacks gets zero blocks, smaller ranks
+    are zero-padded to the adapter's largest: zeros add nothing)."""
+    keys = sorted({key for adapter in adapters for key in adapter.factors})
+    ranks = [max(a.shape[0] for a, _, _ in adapter.factors.values()) for adapter in adapters]
+    starts = [sum(ranks[:i]) for i in range(len(ranks))]
+    columns = [slice(s, s + r) for s, r in zip(starts, ranks, strict=True)]
+    stacked_a, stacked_b = {}, {}
+    for key in keys:
+        shapes = next(adapter.factors[key] for adapter in adapters if key in adapter.factors)
+        k, n = shapes[0].shape[1], shapes[1].shape[0]
+        like = shapes[0]
+        a = like.new_zeros(sum(ranks), k)
+        b = like.new_zeros(sum(ranks), n)
+        for adapter, cols in zip(adapters, columns, strict=True):
+            if key in adapter.factors:
+                fa, fb, scale = adapter.factors[key]
+                a[cols.start : cols.start + fa.shape[0]] = fa
+                b[cols.start : cols.start + fa.shape[0]] = fb.T * scale
+        stacked_a[key], stacked_b[key] = a, b
+    return LoraStack(adapters, stacked_a, stacked_b, columns)

@@ -11,17 +11,20 @@ longer prefills from the float32 weight.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from tuneloop.serve.lora_weights import LoraAdapter
+from tuneloop.serve.lora_weights import LoraAdapter, LoraStack, stack_adapters
 from tuneloop.serve.quantized import GroupQuantized
 
 #: Up to this many rows a step reads the int8 codes (measured faster than float32 up to ~32 rows
 #: on 2 cores: the codes are 3.2x fewer bytes); beyond it the float32 GEMM's compute wins.
 QUANTIZED_MAX_ROWS = 32
+#: Stacks of adapters kept for batches that mix several (each holds a copy of its adapters' factors).
+MAX_STACKS = 2
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +52,7 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.lengths = [0] * n_slots
+        self._stacks: collections.OrderedDict[tuple[int, ...], LoraStack] = collections.OrderedDict()
 
     # -- cache -----------------------------------------------------------------------------------
     def _ensure_capacity(self, needed: int) -> None:
@@ -71,12 +75,19 @@ class ModelRunner:
 
     # -- linear layers with per-row adapters -----------------------------------------------------
     def _linear(self, module, x: torch.Tensor, layer: int, name: str, groups) -> torch.Tensor:
-        """``x @ W.T + b`` plus, for each (adapter, rows) group, that adapter's update on its rows.
+        """``x @ W.T + b`` plus each row's adapter update.
 
-        Rows of one adapter are contiguous (``decode`` sorts the batch), so each group is a view:
-        two small matmuls accumulated in place, no gather/scatter and no copy of ``y``.
+        ``groups`` is either a list of (adapter, rows) — rows of one adapter are contiguous
+        (``decode`` sorts the batch), so each group is a view: two small matmuls accumulated in
+        place — or, for a batch mixing adapters, a (stack, row mask) pair: two matmuls in all.
         """
         y = self._project(module, x)
+        if isinstance(groups, tuple):
+            stack, mask = groups
+            a = stack.a.get((layer, name))
+            if a is not None:
+                y.addmm_((x @ a.T).mul_(mask), stack.b[(layer, name)])
+            return y
         for adapter, rows in groups:
             factors = adapter.factors.get((layer, name))
             if factors is None:
@@ -111,13 +122,27 @@ class ModelRunner:
         self._ensure_capacity(max(starts) + 1)
         tokens = torch.tensor([token_ids[i] for i in order], device=self.device)
         positions = torch.tensor(starts, device=self.device)
-        groups = _adapter_groups(adapters)
+        groups = self._lora_groups(adapters)
         hidden = self._forward(tokens, positions, slots, starts, groups, decode=True)
         for s in slots:
             self.lengths[s] += 1
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return self._logits(hidden).index_select(0, inverse.to(self.device))  # back in the caller's order
+
+    def _lora_groups(self, adapters: Sequence[LoraAdapter | None]):
+        """The ``groups`` argument of ``_linear`` for a batch sorted by adapter."""
+        groups = _adapter_groups(adapters)
+        if len(groups) < 2:
+            return groups
+        key = tuple(id(adapter) for adapter, _ in groups)
+        stack = self._stacks.get(key)
+        if stack is None:
+            stack = self._stacks[key] = stack_adapters(tuple(adapter for adapter, _ in groups))
+            while len(self._stacks) > MAX_STACKS:
+                self._stacks.popitem(last=False)
+        self._stacks.move_to_end(key)
+        return stack, stack.row_mask([(i, rows) for i, (_, rows) in enumerate(groups)], len(adapters))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._project(self.hf.lm_head, self.core.norm(hidden)).float()
