@@ -33,11 +33,20 @@ def _home(tmp_path_factory, tiny_model_dir, name: str):
     return home
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    srv = ServerProcess(_home(tmp_path_factory, tiny_model_dir, "serve-home"), "--no-worker").wait_ready()
+@pytest.fixture(scope="module", params=["auto", "int8"])
+def server(request, tmp_path_factory, tiny_model_dir):
+    """The server on float32 weights (the tiny model has no GGUF: "auto" keeps float32) and on int8 codes."""
+    home = _home(tmp_path_factory, tiny_model_dir, "serve-home")
+    srv = ServerProcess(home, "--no-worker", env={"TUNELOOP_SERVE_WEIGHTS": request.param}).wait_ready()
     yield srv
     srv.stop()
+
+
+def test_weights_mode_decides_which_layers_are_quantized(server):
+    client = server.client()
+    ask(client, "tiny-llama", "hello")  # loads the engine
+    quantized = engine_stats(server)["quantized_layers"]
+    assert quantized == (0 if server.env["TUNELOOP_SERVE_WEIGHTS"] == "auto" else 2 * 7 + 1)
 
 
 def engine_stats(server) -> dict:

@@ -147,3 +147,33 @@ def test_int8_decode_batch_equals_solo_runs(tiny_model_dir):
         for out, t in zip(together, tokens, strict=True):
             out.append(t)
     assert together == solo
+
+
+def test_the_avx2_build_agrees_where_avx512_is_used():
+    """Machines without AVX-512 get the 8-lane build: check it too, whatever this CPU has."""
+    import ctypes
+
+    from tuneloop.serve import quantized
+
+    avx2 = quantized._load(quantized._build(quantized._cpu_flags() - {"avx512f"}))
+    codes = random_codes(37, 96, offset=True, seed=2)
+    x = torch.randn(11, 96)
+    y = torch.empty(11, 37)
+    avx2(codes.codes.data_ptr(), codes.scale.data_ptr(), codes.offset.data_ptr(), x.data_ptr(), y.data_ptr(),
+         ctypes.c_int64(11), ctypes.c_int64(37), ctypes.c_int64(96))  # fmt: skip
+    assert torch.allclose(y, codes.matmul(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.real_model
+def test_the_bundled_model_decodes_losslessly_from_its_gguf_blocks(smollm2_converted):
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.models.catalog import builtin_gguf_path
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_converted, dtype=torch.float32).eval()
+    packed = pack_model(model, "auto", builtin_gguf_path())
+    assert len(packed) == 7 * model.config.num_hidden_layers + 1  # every projection (Q4_1) and the head (Q8_0)
+    codes_bytes = sum(c.nbytes for c in packed.values())
+    assert codes_bytes < 0.35 * sum(p.numel() * p.element_size() for p in model.parameters())
+    ids = list(range(1000, 1040))
+    assert greedy(ModelRunner(model, 1, 256, packed), 0, ids, 24) == greedy(ModelRunner(model, 1, 256), 0, ids, 24)

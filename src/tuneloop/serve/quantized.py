@@ -122,13 +122,15 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _build() -> Path:
-    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= _cpu_flags():
+def _build(cpu_flags: set[str] | None = None) -> Path:
+    """Compile the kernel for a CPU with ``cpu_flags`` (default: this one's); return the library's path."""
+    cpu_flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= cpu_flags:
         raise RuntimeError("needs an x86-64 CPU with AVX2 and FMA")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
-    flags = [*_FLAGS, *(["-mavx512f"] if "avx512f" in _cpu_flags() else [])]  # 16-float lanes
+    flags = [*_FLAGS, *(["-mavx512f"] if "avx512f" in cpu_flags else [])]  # 16-float lanes
     source = _SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"
