@@ -13,6 +13,7 @@ import pytest
 from tuneloop.config import Settings
 from tuneloop.models import Catalog
 from tuneloop.serve.json_mode import JsonPrefix
+from tuneloop.serve.quantized import kernel_available
 from tuneloop.store.db import make_engine
 from tuneloop.store.jobs import JobStore
 
@@ -46,7 +47,8 @@ def test_weights_mode_decides_which_layers_are_quantized(server):
     client = server.client()
     ask(client, "tiny-llama", "hello")  # loads the engine
     quantized = engine_stats(server)["quantized_layers"]
-    assert quantized == (0 if server.env["TUNELOOP_SERVE_WEIGHTS"] == "auto" else 2 * 7 + 1)
+    int8 = server.env["TUNELOOP_SERVE_WEIGHTS"] == "int8" and kernel_available()  # else float32 throughout
+    assert quantized == (2 * 7 + 1 if int8 else 0)  # every projection of both layers, and the head
 
 
 def engine_stats(server) -> dict:

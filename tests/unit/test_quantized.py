@@ -177,3 +177,13 @@ def test_the_bundled_model_decodes_losslessly_from_its_gguf_blocks(smollm2_conve
     assert codes_bytes < 0.35 * sum(p.numel() * p.element_size() for p in model.parameters())
     ids = list(range(1000, 1040))
     assert greedy(ModelRunner(model, 1, 256, packed), 0, ids, 24) == greedy(ModelRunner(model, 1, 256), 0, ids, 24)
+
+
+def test_an_unreadable_gguf_leaves_the_model_in_float32(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 20)
+    assert pack_model(model, "auto", broken) == {}
+    assert len(pack_model(model, "int8", broken)) == 7 * len(model.model.layers) + 1

@@ -40,7 +40,12 @@ def pack_model(model, mode: ServeWeights, gguf: Path | None = None) -> dict[str,
     if mode == "float32" or next(model.parameters()).device.type != "cpu" or not kernel_available():
         return {}
     linears = _linear_modules(model)
-    packed = _from_gguf(model, linears, gguf) if gguf is not None else {}
+    packed = {}
+    if gguf is not None:
+        try:
+            packed = _from_gguf(model, linears, gguf)
+        except Exception as exc:  # an unreadable GGUF costs speed, never the model
+            log.warning("cannot read %s for int8 decoding, serving float32 weights: %s", gguf, exc)
     if mode == "int8":
         for name, module in linears.items():
             if name not in packed and module.weight.shape[1] % GROUP == 0:

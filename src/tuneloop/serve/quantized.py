@@ -134,10 +134,14 @@ def _build(cpu_flags: set[str] | None = None) -> Path:
     source = _SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: build where we can
+        cache = Path(tempfile.gettempdir()) / "tuneloop-kernels"
+        cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"qmatmul-{digest}.so"
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / target.name
         result = subprocess.run([compiler, *flags, str(_SOURCE), "-o", str(built)], capture_output=True, text=True)
