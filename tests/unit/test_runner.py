@@ -80,8 +80,9 @@ def test_cache_grows_beyond_initial_capacity(tiny):
     assert greedy_runner(ModelRunner(tiny, 1, 1024), 0, ids, 5) == greedy_hf(tiny, ids, 5)
 
 
-def test_stacked_adapters_equal_one_adapter_at_a_time():
-    from tuneloop.serve.lora_weights import LoraAdapter, stack_adapters
+@pytest.mark.parametrize("sizes", [(2, 2), (2, 3)])  # equal groups (no padding) and unequal ones
+def test_stacked_adapters_equal_one_adapter_at_a_time(sizes):
+    from tuneloop.serve.lora_weights import LoraAdapter, StackRows, stack_adapters
 
     g = torch.Generator().manual_seed(0)
 
@@ -91,16 +92,16 @@ def test_stacked_adapters_equal_one_adapter_at_a_time():
     first = LoraAdapter("a", {(0, "q_proj"): factors(4), (0, "v_proj"): factors(4)})
     second = LoraAdapter("b", {(0, "q_proj"): factors(8, scale=0.5)})  # other rank, no v_proj
     stack = stack_adapters((first, second))
-    rows = [(0, slice(0, 2)), (1, slice(2, 5))]  # row 5: the base model (no adapter)
-    mask = stack.row_mask(rows, 6)
-    x = torch.randn(6, 32, generator=g)
+    groups = [slice(1, 1 + sizes[0]), slice(1 + sizes[0], 1 + sum(sizes))]  # row 0: the base model
+    rows = StackRows.of(groups)
+    x = torch.randn(1 + sum(sizes), 32, generator=g)
     for name in ("q_proj", "v_proj"):
-        expected = torch.zeros(6, 48)
-        for index, span in rows:
-            adapter = (first, second)[index]
+        expected = torch.zeros(len(x), 48)
+        for adapter, span in zip((first, second), groups, strict=True):
             if (0, name) in adapter.factors:
                 a, b, scale = adapter.factors[(0, name)]
                 expected[span] = (x[span] @ a.T) @ b.T * scale
-        got = (x @ stack.a[(0, name)].T * mask) @ stack.b[(0, name)]
+        got = torch.zeros(len(x), 48)
+        rows.add(got, x, stack.a[(0, name)], stack.b[(0, name)])
         assert torch.allclose(got, expected, atol=1e-5)
-    assert got[5].abs().max() == 0
+    assert got[0].abs().max() == 0

@@ -61,41 +61,59 @@ def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> Lo
 
 @dataclass
 class LoraStack:
-    """Several adapters' factors side by side, so a batch mixing them applies every adapter in one
-    pair of matmuls per projection: ``y += ((x @ a.T) * mask) @ b``, where the mask keeps each row's
-    own adapter's columns (``columns``). B is stored transposed and pre-scaled."""
+    """Several adapters' factors stacked, so a batch mixing them applies all of them with two
+    batched matmuls per projection (``bmm``: adapter g's rows times adapter g's factors).
+
+    A is stored as [adapters, in, rank], B transposed and pre-scaled as [adapters, rank, out]; a
+    projection an adapter lacks gets zero factors, and smaller ranks are zero-padded (zeros add nothing).
+    """
 
     adapters: tuple[LoraAdapter, ...]
-    a: dict[tuple[int, str], torch.Tensor]  # [sum of ranks, in]
-    b: dict[tuple[int, str], torch.Tensor]  # [sum of ranks, out]
-    columns: list[slice]  # each adapter's columns
-
-    def row_mask(self, groups: list[tuple[int, slice]], rows: int) -> torch.Tensor:
-        """[rows, sum of ranks] mask for (adapter index, row slice) groups; rows in no group get none."""
-        mask = torch.zeros(rows, self.columns[-1].stop, device=next(iter(self.a.values())).device)
-        for index, span in groups:
-            mask[span, self.columns[index]] = 1.0
-        return mask
+    a: dict[tuple[int, str], torch.Tensor]
+    b: dict[tuple[int, str], torch.Tensor]
 
 
 def stack_adapters(adapters: tuple[LoraAdapter, ...]) -> LoraStack:
-    """Concatenate adapters' factors (a projection an adapter lacks gets zero blocks, smaller ranks
-    are zero-padded to the adapter's largest: zeros add nothing)."""
+    """Stack the factors of ``adapters`` (in the order a batch's row groups will use)."""
     keys = sorted({key for adapter in adapters for key in adapter.factors})
-    ranks = [max(a.shape[0] for a, _, _ in adapter.factors.values()) for adapter in adapters]
-    starts = [sum(ranks[:i]) for i in range(len(ranks))]
-    columns = [slice(s, s + r) for s, r in zip(starts, ranks, strict=True)]
+    rank = max(a.shape[0] for adapter in adapters for a, _, _ in adapter.factors.values())
     stacked_a, stacked_b = {}, {}
     for key in keys:
-        shapes = next(adapter.factors[key] for adapter in adapters if key in adapter.factors)
-        k, n = shapes[0].shape[1], shapes[1].shape[0]
-        like = shapes[0]
-        a = like.new_zeros(sum(ranks), k)
-        b = like.new_zeros(sum(ranks), n)
-        for adapter, cols in zip(adapters, columns, strict=True):
+        like_a, like_b, _ = next(adapter.factors[key] for adapter in adapters if key in adapter.factors)
+        a = like_a.new_zeros(len(adapters), like_a.shape[1], rank)
+        b = like_a.new_zeros(len(adapters), rank, like_b.shape[0])
+        for i, adapter in enumerate(adapters):
             if key in adapter.factors:
                 fa, fb, scale = adapter.factors[key]
-                a[cols.start : cols.start + fa.shape[0]] = fa
-                b[cols.start : cols.start + fa.shape[0]] = fb.T * scale
+                a[i, :, : fa.shape[0]] = fa.T
+                b[i, : fa.shape[0]] = fb.T * scale
         stacked_a[key], stacked_b[key] = a, b
-    return LoraStack(adapters, stacked_a, stacked_b, columns)
+    return LoraStack(adapters, stacked_a, stacked_b)
+
+
+@dataclass
+class StackRows:
+    """How a batch's rows meet a stack: group g's rows, padded to ``width`` by repeating its last row,
+    are rows ``g * width ...`` of the batched product; ``rows`` is the slice of the batch they cover."""
+
+    width: int
+    rows: slice
+    gather: torch.Tensor | None  # batch row for each padded row (None: groups are equal, no padding)
+    scatter: torch.Tensor | None  # padded row for each row of ``rows``
+
+    @staticmethod
+    def of(groups: list[slice]) -> StackRows:
+        """For contiguous, adjacent row slices (one per adapter of the stack, in order)."""
+        sizes = [g.stop - g.start for g in groups]
+        width, rows = max(sizes), slice(groups[0].start, groups[-1].stop)
+        if len(set(sizes)) == 1:
+            return StackRows(width, rows, None, None)
+        gather = [g.start + min(i, size - 1) for g, size in zip(groups, sizes, strict=True) for i in range(width)]
+        scatter = [k * width + i for k, size in enumerate(sizes) for i in range(size)]
+        return StackRows(width, rows, torch.tensor(gather), torch.tensor(scatter))
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """``y[rows] += each row's (x @ A) @ B`` with its own adapter's factors, in place."""
+        xs = x[self.rows] if self.gather is None else x.index_select(0, self.gather.to(x.device))
+        out = torch.bmm(torch.bmm(xs.view(a.shape[0], self.width, -1), a), b).view(-1, b.shape[2])
+        y[self.rows].add_(out if self.scatter is None else out.index_select(0, self.scatter.to(x.device)))

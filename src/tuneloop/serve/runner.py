@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tuneloop.serve.lora_weights import LoraAdapter, LoraStack, stack_adapters
+from tuneloop.serve.lora_weights import LoraAdapter, LoraStack, StackRows, stack_adapters
 from tuneloop.serve.quantized import GroupQuantized
 
 #: Up to this many rows a step reads the int8 codes (measured faster than float32 up to ~32 rows
@@ -79,14 +79,13 @@ class ModelRunner:
 
         ``groups`` is either a list of (adapter, rows) — rows of one adapter are contiguous
         (``decode`` sorts the batch), so each group is a view: two small matmuls accumulated in
-        place — or, for a batch mixing adapters, a (stack, row mask) pair: two matmuls in all.
+        place — or, for a batch mixing adapters, a (stack, rows) pair: two batched matmuls in all.
         """
         y = self._project(module, x)
         if isinstance(groups, tuple):
-            stack, mask = groups
-            a = stack.a.get((layer, name))
-            if a is not None:
-                y.addmm_((x @ a.T).mul_(mask), stack.b[(layer, name)])
+            stack, rows = groups
+            if (layer, name) in stack.a:
+                rows.add(y, x, stack.a[(layer, name)], stack.b[(layer, name)])
             return y
         for adapter, rows in groups:
             factors = adapter.factors.get((layer, name))
@@ -142,7 +141,7 @@ class ModelRunner:
             while len(self._stacks) > MAX_STACKS:
                 self._stacks.popitem(last=False)
         self._stacks.move_to_end(key)
-        return stack, stack.row_mask([(i, rows) for i, (_, rows) in enumerate(groups)], len(adapters))
+        return stack, StackRows.of([rows for _, rows in groups])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._project(self.hf.lm_head, self.core.norm(hidden)).float()
