@@ -238,8 +238,9 @@ class Engine:
             self.cached[r.slot][1].append(r.last_token)  # its keys/values are written by this step
         logits = self.runner.decode([r.slot for r in batch], [r.last_token for r in batch], [r.adapter for r in batch])
         self.steps += 1
-        for request, row in zip(batch, logits, strict=True):
-            self._accept(request, request.sampler.choose(row))
+        greedy = logits.argmax(dim=-1).tolist()  # one pass for every row (greedy requests need no more)
+        for request, row, argmax in zip(batch, logits, greedy, strict=True):
+            self._accept(request, request.sampler.choose(row, argmax))
 
     def _accept(self, request: Request, choice: TokenChoice) -> None:
         if choice.token in request.sampler.eos_ids:

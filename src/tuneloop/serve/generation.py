@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -90,9 +92,35 @@ class Stream:
             r.cancelled.set()
 
 
+class _Mailbox:
+    """Hands events from the engine thread to an event loop with one wake-up for everything posted
+    since the loop last looked (a decode step posts one event per running request)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.items: list[tuple[asyncio.Queue, tuple[int, Event]]] = []
+
+    def post(self, queue: asyncio.Queue, item: tuple[int, Event]) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if len(self.items) > 1:  # a delivery is already scheduled
+                return
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+
+
 def start(target: Target, prompt_ids: list[int], params: SamplingParams, n: int) -> Stream:
     """Submit ``n`` sequences for one prompt (seeds ``seed + i``) and return their event stream."""
     loop = asyncio.get_running_loop()
+    mailbox = _MAILBOXES.get(loop) or _MAILBOXES.setdefault(loop, _Mailbox(loop))
     stream = Stream()
     eos = eos_ids(target.engine)
     for i in range(n):
@@ -100,7 +128,7 @@ def start(target: Target, prompt_ids: list[int], params: SamplingParams, n: int)
         json = JsonConstraint(token_texts(target.engine.tokenizer), eos) if p.json_object else None
 
         def deliver(event: Event, index: int = i) -> None:
-            loop.call_soon_threadsafe(stream.queue.put_nowait, (index, event))
+            mailbox.post(stream.queue, (index, event))
 
         stream.requests.append(
             Request(list(prompt_ids), p, Sampler(p, eos, json), Detokenizer(target.engine.tokenizer, p.stop),
