@@ -54,3 +54,13 @@ def chat_jsonl(path, n: int, *, answer: str = "yes", system: str | None = "Answe
             messages += [{"role": "user", "content": f"question number {i}?"}, {"role": "assistant", "content": answer}]
             f.write(json.dumps({"messages": messages}) + "\n")
     return str(path)
+
+
+def greedy_runner(runner, slot: int, ids: list[int], n: int, adapter=None) -> list[int]:
+    """``n`` greedy tokens from a ``ModelRunner`` slot: prefill ``ids``, then one decode step at a time."""
+    token = int(runner.prefill(slot, ids, adapter).argmax())
+    out = [token]
+    for _ in range(n - 1):
+        token = int(runner.decode([slot], [token], [adapter])[0].argmax())
+        out.append(token)
+    return out

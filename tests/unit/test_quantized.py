@@ -10,6 +10,8 @@ from tuneloop.serve.packed_weights import pack_model
 from tuneloop.serve.quantized import GroupQuantized, kernel_available, kernel_error, quantize_int8
 from tuneloop.serve.runner import ModelRunner
 
+from helpers import greedy_runner
+
 pytestmark = pytest.mark.skipif(not kernel_available(), reason=f"no quantized kernel here: {kernel_error()}")
 
 
@@ -112,15 +114,6 @@ def test_gguf_blocks_pack_exactly_the_layers_they_reproduce(gguf_model):
     assert len(pack_model(model, "int8", path)) == 7 * layers + 1  # the odd one quantized
 
 
-def greedy(runner: ModelRunner, slot: int, ids: list[int], n: int) -> list[int]:
-    token = int(runner.prefill(slot, ids, None).argmax())
-    out = [token]
-    for _ in range(n - 1):
-        token = int(runner.decode([slot], [token], [None])[0].argmax())
-        out.append(token)
-    return out
-
-
 def test_decoding_from_gguf_codes_matches_float32_and_hugging_face(gguf_model):
     model, path = gguf_model
     ids = list(range(200, 230))
@@ -128,7 +121,7 @@ def test_decoding_from_gguf_codes_matches_float32_and_hugging_face(gguf_model):
         reference = model.generate(torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False)
     quantized = ModelRunner(model, 2, 256, pack_model(model, "auto", path))
     assert len(quantized.packed) > 0
-    assert greedy(quantized, 0, ids, 16) == reference[0, len(ids) :].tolist()
+    assert greedy_runner(quantized, 0, ids, 16) == reference[0, len(ids) :].tolist()
 
 
 def test_int8_decode_batch_equals_solo_runs(tiny_model_dir):
@@ -137,7 +130,7 @@ def test_int8_decode_batch_equals_solo_runs(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     packed = pack_model(model, "int8")
     prompts = [list(range(300, 320)), list(range(400, 425)), list(range(500, 512))]
-    solo = [greedy(ModelRunner(model, 1, 256, packed), 0, p, 10) for p in prompts]
+    solo = [greedy_runner(ModelRunner(model, 1, 256, packed), 0, p, 10) for p in prompts]
     runner = ModelRunner(model, 3, 256, packed)
     tokens = [int(runner.prefill(i, p, None).argmax()) for i, p in enumerate(prompts)]
     together = [[t] for t in tokens]
@@ -176,7 +169,8 @@ def test_the_bundled_model_decodes_losslessly_from_its_gguf_blocks(smollm2_conve
     codes_bytes = sum(c.nbytes for c in packed.values())
     assert codes_bytes < 0.35 * sum(p.numel() * p.element_size() for p in model.parameters())
     ids = list(range(1000, 1040))
-    assert greedy(ModelRunner(model, 1, 256, packed), 0, ids, 24) == greedy(ModelRunner(model, 1, 256), 0, ids, 24)
+    from_codes = greedy_runner(ModelRunner(model, 1, 256, packed), 0, ids, 24)
+    assert from_codes == greedy_runner(ModelRunner(model, 1, 256), 0, ids, 24)
 
 
 def test_an_unreadable_gguf_leaves_the_model_in_float32(tiny_model_dir, tmp_path):

@@ -8,6 +8,8 @@ import torch
 from tuneloop.serve.lora_weights import load_lora
 from tuneloop.serve.runner import ModelRunner
 
+from helpers import greedy_runner
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
@@ -26,15 +28,6 @@ def adapters(tiny_model_dir, tmp_path_factory):
 def greedy_hf(model, ids, n):
     out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
     return out[0, len(ids) :].tolist()
-
-
-def greedy_runner(runner, slot, ids, n, adapter=None):
-    token = int(runner.prefill(slot, ids, adapter).argmax())
-    out = [token]
-    for _ in range(n - 1):
-        token = int(runner.decode([slot], [token], [adapter])[0].argmax())
-        out.append(token)
-    return out
 
 
 def test_prefill_logits_match_hugging_face(tiny):
