@@ -97,7 +97,7 @@ class _Mailbox:
     since the loop last looked (a decode step posts one event per running request)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.lock = loop, threading.Lock()
+        self.loop, self.lock = weakref.ref(loop), threading.Lock()  # weak: the loop keys _MAILBOXES
         self.items: list[tuple[asyncio.Queue, tuple[int, Event]]] = []
 
     def post(self, queue: asyncio.Queue, item: tuple[int, Event]) -> None:
@@ -105,7 +105,9 @@ class _Mailbox:
             self.items.append((queue, item))
             if len(self.items) > 1:  # a delivery is already scheduled
                 return
-        self.loop.call_soon_threadsafe(self._deliver)
+        loop = self.loop()
+        if loop is not None:
+            loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self.lock:
