@@ -9,7 +9,10 @@ fixed ``max_tokens``, varied short prompts). For each scenario it reports:
   over the wall time from the first request sent to the last one finished;
 * time to first token (TTFT, p50/p95): from sending a request to its first content chunk;
 * inter-token latency (ITL): the mean gap between consecutive content chunks of a request;
-* the mean decode batch (from the engine's ``decode_steps`` in ``GET /health``).
+* the mean decode batch (from the engine's ``decode_steps`` in ``GET /health``);
+* where the wall time went: the shares the engine spent in decode steps and in prefills (its
+  ``decode_seconds`` / ``prefill_seconds``), and the CPU this benchmark's own clients used (in
+  cores: they run on the same machine, so 16 streams' chunk parsing competes with the server).
 
 Next to it, in the same run and before the server starts (so the two never compete for the
 cores), the naive baseline: the same model in float32 with ``transformers``, one request at a time,
@@ -219,6 +222,9 @@ class Scenario:
     itl_p95_ms: float
     mean_batch: float | None
     models: list[str] = field(default_factory=list)
+    decode_share: float | None = None  # of the wall time, in the engine's decode steps
+    prefill_share: float | None = None  # of the wall time, in prefills
+    client_cpu: float | None = None  # cores used by this process's clients
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -230,8 +236,10 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def summarize(name: str, concurrency: int, results: list[RequestResult], decode_steps: int | None) -> Scenario:
-    """Aggregate a scenario's request results."""
+def summarize(
+    name: str, concurrency: int, results: list[RequestResult], decode_steps: int | None, work: dict | None = None
+) -> Scenario:
+    """Aggregate a scenario's request results (``work``: engine seconds and client CPU seconds)."""
     wall = max(r.end for r in results) - min(r.start for r in results)
     tokens = sum(r.tokens for r in results)
     ttfts = [r.ttft * 1000 for r in results]
@@ -244,6 +252,9 @@ def summarize(name: str, concurrency: int, results: list[RequestResult], decode_
         itl_mean_ms=statistics.fmean(gaps) if gaps else float("nan"),
         itl_p95_ms=percentile(gaps, 95) if gaps else float("nan"), mean_batch=batch,
         models=sorted({r.model for r in results}),
+        decode_share=work["decode_s"] / wall if work else None,
+        prefill_share=work["prefill_s"] / wall if work else None,
+        client_cpu=work["client_cpu_s"] / wall if work else None,
     )  # fmt: skip
 
 
@@ -256,8 +267,11 @@ class Server(ServerProcess):
             env["TUNELOOP_NUM_THREADS"] = str(threads)
         super().__init__(home, "--no-worker", env=env, log_path=home / "serve.log", inherit_settings=False)
 
-    def decode_steps(self) -> int:
-        return sum(e.get("decode_steps", 0) for e in self.health()["engines"].values())
+    def counters(self) -> dict[str, float]:
+        """Decode steps and seconds spent decoding and prefilling, summed over the server's engines."""
+        engines = self.health()["engines"].values()
+        keys = ("decode_steps", "decode_seconds", "prefill_seconds")
+        return {key: sum(e.get(key, 0) for e in engines) for key in keys}
 
     def rss_bytes(self) -> int:
         """The server's resident set size (VmRSS)."""
@@ -297,10 +311,13 @@ def run_scenario(
     """``n_requests`` requests (models round-robin, prompts cycled) from ``concurrency`` closed-loop clients."""
     client = server.client()
     jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(n_requests)]
-    steps = server.decode_steps()
+    before, cpu = server.counters(), time.process_time()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda job: stream_one(client, job[0], job[1], max_tokens), jobs))
-    scenario = summarize(name, concurrency, results, server.decode_steps() - steps)
+    cpu, after = time.process_time() - cpu, server.counters()
+    work = {"decode_s": after["decode_seconds"] - before["decode_seconds"], "client_cpu_s": cpu,
+            "prefill_s": after["prefill_seconds"] - before["prefill_seconds"]}  # fmt: skip
+    scenario = summarize(name, concurrency, results, int(after["decode_steps"] - before["decode_steps"]), work)
     print(f"  {name}: {scenario.tok_s:.1f} tok/s, TTFT p50 {scenario.ttft_p50_ms:.0f} ms", file=sys.stderr)
     return scenario
 
@@ -333,7 +350,7 @@ def stream_text(client, model: str, prompt: str, max_tokens: int = 16) -> str:
 def print_table(baseline: dict[str, Any], scenarios: list[Scenario]) -> None:
     header = (
         f"{'scenario':<32} {'requests':>8} {'conc':>4} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} "
-        f"{'ITL mean':>9} {'batch':>5} {'vs HF':>6}"
+        f"{'ITL mean':>9} {'batch':>5} {'vs HF':>6} {'decode':>6} {'prefill':>7} {'client':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -341,9 +358,14 @@ def print_table(baseline: dict[str, Any], scenarios: list[Scenario]) -> None:
     rows = [Scenario(**baseline), *scenarios]
     for s in rows:
         batch = f"{s.mean_batch:.1f}" if s.mean_batch else "-"
+        shares = "".join(
+            f" {f'{v * 100:.0f}%' if v is not None else '-':>{w}}"
+            for v, w in ((s.decode_share, 6), (s.prefill_share, 7))
+        )
+        client = f"{s.client_cpu:.2f}" if s.client_cpu is not None else "-"
         print(
             f"{s.name:<32} {s.requests:>8} {s.concurrency:>4} {s.tok_s:>7.1f} {s.ttft_p50_ms:>7.0f}ms "
-            f"{s.ttft_p95_ms:>7.0f}ms {s.itl_mean_ms:>7.1f}ms {batch:>5} {s.tok_s / base:>5.2f}x"
+            f"{s.ttft_p95_ms:>7.0f}ms {s.itl_mean_ms:>7.1f}ms {batch:>5} {s.tok_s / base:>5.2f}x{shares} {client:>6}"
         )
 
 

@@ -68,6 +68,8 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "active": len(e.active),
                 "waiting": len(e.waiting),
                 "decode_steps": e.steps,
+                "decode_seconds": round(e.decode_seconds, 3),  # in the model's forward passes
+                "prefill_seconds": round(e.prefill_seconds, 3),
                 "prompt_tokens": e.prompt_tokens,
                 "cached_prompt_tokens": e.cached_prompt_tokens,
                 "quantized_layers": len(e.runner.packed),  # linear layers decoded from int8 codes

@@ -18,6 +18,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,6 +122,7 @@ class Engine:
         self.cached: list[tuple[str | None, list[int]]] = [(None, []) for _ in range(max_batch)]
         self.wakeup = threading.Condition()
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.decode_seconds = self.prefill_seconds = 0.0  # time spent in each (metrics)
         self.prompt_tokens = 0  # prompt tokens admitted
         self.cached_prompt_tokens = 0  # of those, served from the prefix cache
         self.closed = False
@@ -205,7 +207,9 @@ class Engine:
             return self._finish(request, "cancelled")
         reused = request.cached_tokens = self._take_slot(request)
         prompt = request.prompt_ids
+        started = time.perf_counter()
         logits = self.runner.prefill(request.slot, prompt[reused:], request.adapter)
+        self.prefill_seconds += time.perf_counter() - started
         self.cached[request.slot] = (_adapter_name(request.adapter), list(prompt))
         self.prompt_tokens += len(prompt)
         self.cached_prompt_tokens += reused
@@ -236,7 +240,9 @@ class Engine:
         batch = list(self.active)
         for r in batch:
             self.cached[r.slot][1].append(r.last_token)  # its keys/values are written by this step
+        started = time.perf_counter()
         logits = self.runner.decode([r.slot for r in batch], [r.last_token for r in batch], [r.adapter for r in batch])
+        self.decode_seconds += time.perf_counter() - started
         self.steps += 1
         greedy = logits.argmax(dim=-1).tolist()  # one pass for every row (greedy requests need no more)
         for request, row, argmax in zip(batch, logits, greedy, strict=True):

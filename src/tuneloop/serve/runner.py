@@ -5,8 +5,8 @@ Every request owns a slot of a preallocated KV cache. ``prefill`` runs one reque
 adapter each slot uses: the base weights are read once per step for the whole batch, and each
 adapter's low-rank update is applied only to its own rows. Works for Llama, SmolLM2, Qwen2 and
 Mistral (HF module weights are used as they are; nothing is copied). Layers given int8 codes
-(``packed``, see ``packed_weights``) run steps of up to ``QUANTIZED_MAX_ROWS`` rows from the codes,
-longer prefills from the float32 weight.
+(``packed``, see ``packed_weights``) run steps of up to ``quantized.max_rows()`` rows from the codes
+(as many as the kernel beats float32 for), longer prefills from the float32 weight.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneloop.serve.lora_weights import LoraAdapter, LoraStack, StackRows, stack_adapters
-from tuneloop.serve.quantized import GroupQuantized
+from tuneloop.serve.quantized import GroupQuantized, max_rows
 
-#: Up to this many rows a step reads the int8 codes (measured faster than float32 up to ~32 rows
-#: on 2 cores: the codes are 3.2x fewer bytes); beyond it the float32 GEMM's compute wins.
-QUANTIZED_MAX_ROWS = 32
 #: Stacks of adapters kept for batches that mix several (each holds a copy of its adapters' factors).
 MAX_STACKS = 2
 
@@ -39,6 +36,7 @@ class ModelRunner:
         self.hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         #: int8 codes by module (id), for the layers that have them
         self.packed = {id(self.hf.get_submodule(name)): codes for name, codes in (packed or {}).items()}
+        self.codes_max_rows = max_rows() if self.packed else 0
         self.core = self.hf.model
         cfg = self.hf.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -149,7 +147,7 @@ class ModelRunner:
     def _project(self, module, x: torch.Tensor) -> torch.Tensor:
         """``module(x)`` without LoRA: from the int8 codes for few rows when the layer has them."""
         codes = self.packed.get(id(module))
-        if codes is None or x.shape[0] > QUANTIZED_MAX_ROWS:
+        if codes is None or x.shape[0] > self.codes_max_rows:
             return _dense(x, module.weight, module.bias)
         y = codes.matmul(x)
         return y if module.bias is None else y + module.bias
