@@ -181,3 +181,18 @@ def test_an_unreadable_gguf_leaves_the_model_in_float32(tiny_model_dir, tmp_path
     broken.write_bytes(b"GGUF" + b"\0" * 20)
     assert pack_model(model, "auto", broken) == {}
     assert len(pack_model(model, "int8", broken)) == 7 * len(model.model.layers) + 1
+
+
+def test_gguf_codes_are_cached_and_checked_again(gguf_model, tmp_path):
+    model, path = gguf_model
+    cache = tmp_path / "cache"
+    first = pack_model(model, "auto", path, cache_dir=cache)
+    (cached,) = cache.glob("tiny-*.safetensors")
+    again = pack_model(model, "auto", path, cache_dir=cache)
+    assert again.keys() == first.keys()
+    assert all(torch.equal(again[n].dequantize(), first[n].dequantize()) for n in first)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1.0)  # the weights changed since the cache was written
+    changed = pack_model(model, "auto", path, cache_dir=cache)
+    assert "model.layers.0.mlp.up_proj" not in changed and len(changed) == len(first) - 1
+    assert cached.is_file()

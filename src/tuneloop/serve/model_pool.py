@@ -108,7 +108,9 @@ class ModelPool:
             model, tokenizer, entry = load_model(self.catalog, resolved.base)
         o = self.options
         # a full fine-tune's weights are no longer the GGUF's: only checked (and then skipped) layer by layer
-        packed = pack_model(model, o.weights, entry.source if entry.source_kind == "gguf" else None)
+        gguf = entry.source if entry.source_kind == "gguf" else None
+        cache = self.catalog.settings.home / "cache" / "int8-codes" if resolved.kind != "full" else None
+        packed = pack_model(model, o.weights, gguf, cache_dir=cache)
         return Engine(
             model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length),
             max_queue=o.max_queue, packed=packed,

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -35,21 +37,66 @@ _BLOCK_TENSORS = {
 }
 
 
-def pack_model(model, mode: ServeWeights, gguf: Path | None = None) -> dict[str, GroupQuantized]:
-    """Module name -> int8 codes for each linear layer to decode quantized (empty: all float32)."""
+def pack_model(
+    model, mode: ServeWeights, gguf: Path | None = None, cache_dir: Path | None = None
+) -> dict[str, GroupQuantized]:
+    """Module name -> int8 codes for each linear layer to decode quantized (empty: all float32).
+
+    With ``cache_dir`` the codes read from ``gguf`` are kept there (parsing a GGUF's metadata takes
+    seconds; the cached codes load in a fraction of that) and checked against the weights again."""
     if mode == "float32" or next(model.parameters()).device.type != "cpu" or not kernel_available():
         return {}
     linears = _linear_modules(model)
     packed = {}
     if gguf is not None:
         try:
-            packed = _from_gguf(model, linears, gguf)
+            packed = _cached_gguf_codes(model, linears, gguf, cache_dir)
         except Exception as exc:  # an unreadable GGUF costs speed, never the model
             log.warning("cannot read %s for int8 decoding, serving float32 weights: %s", gguf, exc)
     if mode == "int8":
         for name, module in linears.items():
             if name not in packed and module.weight.shape[1] % GROUP == 0:
                 packed[name] = quantize_int8(module.weight)
+    return packed
+
+
+def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> dict[str, GroupQuantized]:
+    """``_from_gguf``, through a safetensors file in ``cache_dir`` named after the GGUF's path, size and mtime."""
+    if cache_dir is None:
+        return _from_gguf(model, linears, gguf)
+    from safetensors.torch import load_file, save_file
+
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = cache_dir / f"{gguf.stem}-{key}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        codes = {
+            name[: -len(".codes")]: GroupQuantized(
+                t, tensors[name.replace(".codes", ".scale")], tensors.get(name.replace(".codes", ".offset"))
+            )
+            for name, t in tensors.items()
+            if name.endswith(".codes")
+        }
+        return {  # checked again: the float32 weights may have changed since (a re-conversion)
+            name: c
+            for name, c in codes.items()
+            if name in linears and c.codes.shape == linears[name].weight.shape
+            and torch.equal(c.dequantize(), linears[name].weight.detach())
+        }  # fmt: skip
+    packed = _from_gguf(model, linears, gguf)
+    tensors = {}
+    for name, c in packed.items():
+        tensors[f"{name}.codes"], tensors[f"{name}.scale"] = c.codes, c.scale
+        if c.offset is not None:
+            tensors[f"{name}.offset"] = c.offset
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent servers each leave a complete file
+    except OSError as exc:  # a read-only model folder: no cache
+        log.info("cannot cache int8 codes in %s: %s", cache_dir, exc)
     return packed
 
 
