@@ -244,9 +244,8 @@ class Engine:
         logits = self.runner.decode([r.slot for r in batch], [r.last_token for r in batch], [r.adapter for r in batch])
         self.decode_seconds += time.perf_counter() - started
         self.steps += 1
-        greedy = logits.argmax(dim=-1).tolist()  # one pass for every row (greedy requests need no more)
-        for request, row, argmax in zip(batch, logits, greedy, strict=True):
-            self._accept(request, request.sampler.choose(row, argmax))
+        for request, row in zip(batch, logits, strict=True):
+            self._accept(request, request.sampler.choose(row))
 
     def _accept(self, request: Request, choice: TokenChoice) -> None:
         if choice.token in request.sampler.eos_ids:

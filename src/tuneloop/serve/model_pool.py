@@ -107,10 +107,9 @@ class ModelPool:
         else:
             model, tokenizer, entry = load_model(self.catalog, resolved.base)
         o = self.options
-        # a full fine-tune's weights are no longer the GGUF's: only checked (and then skipped) layer by layer
-        gguf = entry.source if entry.source_kind == "gguf" else None
-        cache = self.catalog.settings.home / "cache" / "int8-codes" if resolved.kind != "full" else None
-        packed = pack_model(model, o.weights, gguf, cache_dir=cache)
+        # the GGUF's blocks are the base model's weights, no longer those of a full fine-tune
+        gguf = entry.source if entry.source_kind == "gguf" and resolved.kind != "full" else None
+        packed = pack_model(model, o.weights, gguf, cache_dir=self.catalog.settings.home / "cache" / "int8-codes")
         return Engine(
             model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length),
             max_queue=o.max_queue, packed=packed,

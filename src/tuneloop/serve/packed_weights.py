@@ -78,12 +78,8 @@ def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> di
             for name, t in tensors.items()
             if name.endswith(".codes")
         }
-        return {  # checked again: the float32 weights may have changed since (a re-conversion)
-            name: c
-            for name, c in codes.items()
-            if name in linears and c.codes.shape == linears[name].weight.shape
-            and torch.equal(c.dequantize(), linears[name].weight.detach())
-        }  # fmt: skip
+        # checked again: the float32 weights may have changed since (a re-conversion)
+        return {name: c for name, c in codes.items() if name in linears and _reproduces(c, linears[name])}
     packed = _from_gguf(model, linears, gguf)
     tensors = {}
     for name, c in packed.items():
@@ -120,38 +116,38 @@ def _from_gguf(model, linears: dict[str, torch.nn.Module], gguf: Path) -> dict[s
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
     head = linears.get("lm_head")
     tied = head is not None and head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    packed, skipped = {}, []
+    packed, skipped = {}, 0
     for tensor in GGUFReader(str(gguf)).tensors:
-        targets = _hf_names(tensor.name, tied)
-        targets = [t for t in targets if t in linears]
-        if not targets:
+        name = _hf_name(tensor.name, tied)
+        if name not in linears:
             continue
         codes = _decode_blocks(tensor)
-        if codes is None:
-            skipped.append(tensor.name)
-            continue
-        weight = linears[targets[0]].weight.detach()
         kind = tensor.name.split(".")[2] if tensor.name.startswith("blk.") else ""
-        for candidate in _row_orders(codes, heads.get(kind)):
-            if candidate.codes.shape == weight.shape and torch.equal(candidate.dequantize(), weight):
-                packed.update(dict.fromkeys(targets, candidate))
-                break
+        candidates = _row_orders(codes, heads.get(kind)) if codes is not None else []
+        match = next((c for c in candidates if _reproduces(c, linears[name])), None)
+        if match is None:
+            skipped += 1
         else:
-            skipped.append(tensor.name)
+            packed[name] = match
     if skipped:
-        log.info("%d GGUF tensors do not match the loaded weights and stay float32", len(skipped))
+        log.info("%d GGUF tensors do not match the loaded weights and stay float32", skipped)
     return packed
 
 
-def _hf_names(gguf_name: str, tied: bool) -> list[str]:
+def _reproduces(codes: GroupQuantized, module: torch.nn.Module) -> bool:
+    """Whether ``codes`` stand for exactly ``module``'s float32 weight."""
+    weight = module.weight.detach()
+    return codes.codes.shape == weight.shape and torch.equal(codes.dequantize(), weight)
+
+
+def _hf_name(gguf_name: str, tied: bool) -> str | None:
+    """The Hugging Face module a GGUF tensor is the weight of (the tied embedding is the head's)."""
     parts = gguf_name.split(".")
     if parts[0] == "blk" and len(parts) == 4 and parts[2] in _BLOCK_TENSORS and parts[3] == "weight":
-        return [f"model.layers.{parts[1]}.{_BLOCK_TENSORS[parts[2]]}"]
-    if gguf_name == "output.weight":
-        return ["lm_head"]
-    if gguf_name == "token_embd.weight" and tied:
-        return ["lm_head"]
-    return []
+        return f"model.layers.{parts[1]}.{_BLOCK_TENSORS[parts[2]]}"
+    if gguf_name == "output.weight" or (gguf_name == "token_embd.weight" and tied):
+        return "lm_head"
+    return None
 
 
 def _decode_blocks(tensor) -> GroupQuantized | None:

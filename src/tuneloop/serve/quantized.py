@@ -31,7 +31,6 @@ _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _LOCK = threading.Lock()
 _KERNEL: ctypes._CFuncPtr | None = None
 _KERNEL_ERROR: str | None = None
-_KERNEL_WIDE = False  # built with AVX-512 lanes
 
 
 @dataclass
@@ -64,7 +63,7 @@ class GroupQuantized:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x [M, K] @ W.T`` in float32 with the C kernel."""
-        kernel = load_kernel()
+        kernel = _KERNEL or load_kernel()
         if kernel is None:
             raise RuntimeError(f"the quantized kernel is not available: {_KERNEL_ERROR}")
         n, k = self.codes.shape
@@ -99,7 +98,7 @@ def max_rows() -> int:
     """Up to how many rows the kernel beats float32 MKL on this machine (measured on 2 cores, the
     bundled model's projections): AVX2 build, about 32 rows; AVX-512 build (Zen 5), 192 rows still
     1.6x faster (14 vs 36 ms at 16 rows): 256."""
-    return 256 if load_kernel() is not None and _KERNEL_WIDE else 32
+    return 256 if load_kernel() is not None and _lane_flags(_cpu_flags()) else 32
 
 
 def kernel_error() -> str | None:
@@ -109,12 +108,11 @@ def kernel_error() -> str | None:
 
 def load_kernel():
     """The compiled ``tl_qmatmul`` function, or None where it cannot be built."""
-    global _KERNEL, _KERNEL_ERROR, _KERNEL_WIDE
+    global _KERNEL, _KERNEL_ERROR
     with _LOCK:
         if _KERNEL is None and _KERNEL_ERROR is None:
             try:
                 _KERNEL = _load(_build())
-                _KERNEL_WIDE = "avx512f" in _cpu_flags()
             except Exception as exc:  # no compiler, unsupported CPU, ...: fall back to float32
                 _KERNEL_ERROR = str(exc)
                 log.warning("quantized decode kernel unavailable, serving float32 weights: %s", exc)
@@ -131,6 +129,11 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _lane_flags(cpu_flags: set[str]) -> list[str]:
+    """Compiler flags for the widest vectors the CPU has beyond AVX2 (16-float AVX-512 lanes)."""
+    return ["-mavx512f"] if "avx512f" in cpu_flags else []
+
+
 def _build(cpu_flags: set[str] | None = None) -> Path:
     """Compile the kernel for a CPU with ``cpu_flags`` (default: this one's); return the library's path."""
     cpu_flags = _cpu_flags() if cpu_flags is None else cpu_flags
@@ -139,7 +142,7 @@ def _build(cpu_flags: set[str] | None = None) -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
-    flags = [*_FLAGS, *(["-mavx512f"] if "avx512f" in cpu_flags else [])]  # 16-float lanes
+    flags = [*_FLAGS, *_lane_flags(cpu_flags)]
     source = _SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"

@@ -202,12 +202,11 @@ class ModelRunner:
         b, group, d = len(slots), self.n_heads // self.n_kv, self.head_dim
         length = max(starts) + 1
         lo, hi = min(slots), max(slots) + 1
-        rows = torch.tensor([s - lo for s in slots], device=self.device)  # each token's place in the range
-        pos = torch.tensor(starts, device=self.device)
+        slot_ids, pos = torch.tensor(slots, device=self.device), torch.tensor(starts, device=self.device)
+        rows = slot_ids - lo  # each token's place in the range
         # where each token's key/value goes in the cache flattened to [slots * n_kv * capacity, d]
         heads = torch.arange(self.n_kv, device=self.device)
-        flat = (torch.tensor(slots, device=self.device)[:, None] * self.n_kv + heads) * self.capacity + pos[:, None]
-        flat = flat.reshape(-1)
+        flat = ((slot_ids[:, None] * self.n_kv + heads) * self.capacity + pos[:, None]).reshape(-1)
         if b == 1:
             mask = None
         else:  # each slot sees its own positions only (an absent slot: position 0)

@@ -44,14 +44,9 @@ class Sampler:
         self.counts: dict[int, int] = {}
         self.json = json
 
-    def choose(self, logits: torch.Tensor, argmax: int | None = None) -> TokenChoice:
-        """Pick the next token from one row of logits (float32, on CPU). ``argmax``, the row's
-        largest logit's index when the caller already has it, answers plain greedy decoding."""
+    def choose(self, logits: torch.Tensor) -> TokenChoice:
+        """Pick the next token from one row of logits (float32, on CPU)."""
         p = self.params
-        plain = not (p.frequency_penalty or p.presence_penalty or p.logprobs or self.json is not None)
-        if argmax is not None and p.temperature <= 0 and plain:
-            self.counts[argmax] = self.counts.get(argmax, 0) + 1
-            return TokenChoice(argmax)
         if self.counts and (p.frequency_penalty or p.presence_penalty):
             ids = torch.tensor(list(self.counts))
             counts = torch.tensor(list(self.counts.values()), dtype=logits.dtype)
