@@ -12,8 +12,8 @@ import pytest
 
 from tuneloop.config import Settings
 from tuneloop.models import Catalog
+from tuneloop.serve import native
 from tuneloop.serve.json_mode import JsonPrefix
-from tuneloop.serve.quantized import kernel_available
 from tuneloop.store.db import make_engine
 from tuneloop.store.jobs import JobStore
 
@@ -47,7 +47,7 @@ def test_weights_mode_decides_which_layers_are_quantized(server):
     client = server.client()
     ask(client, "tiny-llama", "hello")  # loads the engine
     quantized = engine_stats(server)["quantized_layers"]
-    int8 = server.env["TUNELOOP_SERVE_WEIGHTS"] == "int8" and kernel_available()  # else float32 throughout
+    int8 = server.env["TUNELOOP_SERVE_WEIGHTS"] == "int8" and native.available()  # else float32 throughout
     assert quantized == (2 * 7 + 1 if int8 else 0)  # every projection of both layers, and the head
 
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from tuneloop.serve import native
 from tuneloop.serve.packed_weights import pack_model
-from tuneloop.serve.quantized import GroupQuantized, kernel_available, kernel_error, quantize_int8
+from tuneloop.serve.quantized import GroupQuantized, quantize_int8
 from tuneloop.serve.runner import ModelRunner
 
 from helpers import greedy_runner
 
-pytestmark = pytest.mark.skipif(not kernel_available(), reason=f"no quantized kernel here: {kernel_error()}")
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
 
 def random_codes(n: int, k: int, offset: bool, seed: int = 0) -> GroupQuantized:
@@ -146,9 +147,7 @@ def test_the_avx2_build_agrees_where_avx512_is_used():
     """Machines without AVX-512 get the 8-lane build: check it too, whatever this CPU has."""
     import ctypes
 
-    from tuneloop.serve import quantized
-
-    avx2 = quantized._load(quantized._build(quantized._cpu_flags() - {"avx512f"}))
+    avx2 = native.load(native.build(native.cpu_flags() - {"avx512f"})).tl_qmatmul
     codes = random_codes(37, 96, offset=True, seed=2)
     x = torch.randn(11, 96)
     y = torch.empty(11, 37)

@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tuneloop.serve.quantized import GROUP, GroupQuantized, kernel_available, quantize_int8
+from tuneloop.serve import native
+from tuneloop.serve.quantized import GROUP, GroupQuantized, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def pack_model(
 
     With ``cache_dir`` the codes read from ``gguf`` are kept there (parsing a GGUF's metadata takes
     seconds; the cached codes load in a fraction of that) and checked against the weights again."""
-    if mode == "float32" or next(model.parameters()).device.type != "cpu" or not kernel_available():
+    if mode == "float32" or next(model.parameters()).device.type != "cpu" or not native.available():
         return {}
     linears = _linear_modules(model)
     packed = {}

@@ -17,16 +17,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from tuneloop.serve.attention import DecodeAttention, rope
 from tuneloop.serve.lora_weights import LoraAdapter, LoraStack, StackRows, stack_adapters
 from tuneloop.serve.quantized import GroupQuantized, max_rows
 
 #: Stacks of adapters kept for batches that mix several (each holds a copy of its adapters' factors).
 MAX_STACKS = 2
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class ModelRunner:
@@ -157,18 +153,18 @@ class ModelRunner:
         one token for each of many slots (decode)."""
         x = self.core.embed_tokens(tokens)
         cos, sin = self.core.rotary_emb(x[None], positions[None])
-        cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # [T, 1, head_dim]
-        t = x.shape[0]
-        attention = self._decode_attention(slots, starts) if decode else self._prefill_attention(slots[0], starts[0], t)
+        cos, sin = cos[0], sin[0]  # [T, head_dim]
+        if decode:
+            attention = DecodeAttention(self.k_cache, self.v_cache, slots, starts, cos, sin, self.n_heads)
+        else:
+            attention = self._prefill_attention(slots[0], starts[0], x.shape[0], cos, sin)
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = self._linear(attn.q_proj, h, li, "q_proj", groups).view(t, self.n_heads, self.head_dim)
-            k = self._linear(attn.k_proj, h, li, "k_proj", groups).view(t, self.n_kv, self.head_dim)
-            v = self._linear(attn.v_proj, h, li, "v_proj", groups).view(t, self.n_kv, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            x = x + self._linear(attn.o_proj, attention(li, q, k, v).reshape(t, -1), li, "o_proj", groups)
+            q = self._linear(attn.q_proj, h, li, "q_proj", groups)
+            k = self._linear(attn.k_proj, h, li, "k_proj", groups)
+            v = self._linear(attn.v_proj, h, li, "v_proj", groups)
+            x = x + self._linear(attn.o_proj, attention(li, q, k, v), li, "o_proj", groups)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
             gate = self._linear(mlp.gate_proj, h, li, "gate_proj", groups)
@@ -176,52 +172,23 @@ class ModelRunner:
             x = x + self._linear(mlp.down_proj, mlp.act_fn(gate) * up, li, "down_proj", groups)
         return x
 
-    def _prefill_attention(self, slot: int, s0: int, n: int):
+    def _prefill_attention(self, slot: int, s0: int, n: int, cos: torch.Tensor, sin: torch.Tensor):
         """Attention for ``n`` new tokens of one slot: over its cache, and causally over each other."""
         mask = None if n == 1 else _causal_mask(n, s0, self.device)
 
         def attend(li: int, q, k, v):
+            q = rope(q.view(n, self.n_heads, self.head_dim), cos, sin)
+            k = rope(k.view(n, self.n_kv, self.head_dim), cos, sin)
             self.k_cache[li, slot, :, s0 : s0 + n] = k.transpose(0, 1)
-            self.v_cache[li, slot, :, s0 : s0 + n] = v.transpose(0, 1)
+            self.v_cache[li, slot, :, s0 : s0 + n] = v.view(n, self.n_kv, self.head_dim).transpose(0, 1)
             keys, values = self.k_cache[li, slot, :, : s0 + n], self.v_cache[li, slot, :, : s0 + n]
-            return F.scaled_dot_product_attention(
-                q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
-            )[0].transpose(0, 1)
-
-        return attend
-
-    def _decode_attention(self, slots: Sequence[int], starts: Sequence[int]):
-        """Attention for one new token per slot, all slots in one call, reading the cache in place.
-
-        The query heads that share a key/value head are laid out as that head's "query positions"
-        ([B, n_kv, group, d]), so keys and values are never repeated per query head. Attention runs
-        over the cache's view of the slot range the batch spans (no gather of keys and values: that
-        copy cost as much as the whole rest of a 16-slot step); a slot in the range that is not in
-        the batch gets a zero query that sees one position, and its output is dropped.
-        """
-        b, group, d = len(slots), self.n_heads // self.n_kv, self.head_dim
-        length = max(starts) + 1
-        lo, hi = min(slots), max(slots) + 1
-        slot_ids, pos = torch.tensor(slots, device=self.device), torch.tensor(starts, device=self.device)
-        rows = slot_ids - lo  # each token's place in the range
-        # where each token's key/value goes in the cache flattened to [slots * n_kv * capacity, d]
-        heads = torch.arange(self.n_kv, device=self.device)
-        flat = ((slot_ids[:, None] * self.n_kv + heads) * self.capacity + pos[:, None]).reshape(-1)
-        if b == 1:
-            mask = None
-        else:  # each slot sees its own positions only (an absent slot: position 0)
-            seen = torch.zeros(hi - lo, dtype=torch.long, device=self.device).index_copy_(0, rows, pos)
-            mask = (torch.arange(length, device=self.device)[None, :] <= seen[:, None])[:, None, None, :]
-
-        def attend(li: int, q, k, v):
-            self.k_cache[li].view(-1, d).index_copy_(0, flat, k.reshape(-1, d))
-            self.v_cache[li].view(-1, d).index_copy_(0, flat, v.reshape(-1, d))
-            keys, values = self.k_cache[li, lo:hi, :, :length], self.v_cache[li, lo:hi, :, :length]
-            queries = q.view(b, self.n_kv, group, d)
-            if b > 1:
-                queries = q.new_zeros(hi - lo, self.n_kv, group, d).index_copy_(0, rows, queries)
-            out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
-            return out if b == 1 else out.index_select(0, rows)
+            return (
+                F.scaled_dot_product_attention(
+                    q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
+                )[0]
+                .transpose(0, 1)
+                .reshape(n, -1)
+            )
 
         return attend
 

@@ -1,0 +1,118 @@
+"""The serving engine's C kernels (``kernels/*.c``): compiled once per machine, called through ctypes.
+
+* ``tl_qmatmul`` (``qmatmul.c``): products with group-quantized int8 weights (``quantized``).
+* ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
+  decode step of many sequences (``attention``).
+
+The sources are built with the system C compiler (AVX2 + FMA, AVX-512 lanes where the CPU has
+them, OpenMP) into ``~/.cache/tuneloop/kernels`` (a temporary folder where that is read-only).
+Where they cannot be built (no compiler, not x86-64 with AVX2/FMA) ``available()`` is False and
+the engine runs everything in torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SOURCES = [Path(__file__).with_name("kernels") / name for name in ("qmatmul.c", "attention.c")]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_LOCK = threading.Lock()
+_LIBRARY: ctypes.CDLL | None = None
+_ERROR: str | None = None
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+#: argument types of every kernel (pointers are ``tensor.data_ptr()`` values)
+_SIGNATURES = {
+    "tl_qmatmul": [_P] * 5 + [_I] * 3,
+    "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
+}
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (built on first call), or None where they cannot be built."""
+    global _LIBRARY, _ERROR
+    with _LOCK:
+        if _LIBRARY is None and _ERROR is None:
+            try:
+                _LIBRARY = load(build())
+            except Exception as exc:  # no compiler, unsupported CPU, ...: torch does the work
+                _ERROR = str(exc)
+                log.warning("C kernels unavailable, serving with torch and float32 weights only: %s", exc)
+        return _LIBRARY
+
+
+def available() -> bool:
+    """Whether the kernels run on this machine (compiles them on first call)."""
+    return library() is not None
+
+
+def error() -> str | None:
+    """Why the kernels are unavailable (None when they are, or were not tried yet)."""
+    return _ERROR
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (from ``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def lane_flags(flags: set[str]) -> list[str]:
+    """Compiler flags for the widest vectors a CPU has beyond AVX2 (16-float AVX-512 lanes)."""
+    return ["-mavx512f"] if "avx512f" in flags else []
+
+
+def build(flags: set[str] | None = None) -> Path:
+    """Compile the kernels for a CPU with ``flags`` (default: this one's); return the library's path."""
+    flags = cpu_flags() if flags is None else flags
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= flags:
+        raise RuntimeError("needs an x86-64 CPU with AVX2 and FMA")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    options = [*_FLAGS, *lane_flags(flags)]
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in _SOURCES) + " ".join([compiler, *options]).encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: build where we can
+        cache = Path(tempfile.gettempdir()) / "tuneloop-kernels"
+        cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"kernels-{digest.hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = Path(tmp) / target.name
+        command = [compiler, *options, *map(str, _SOURCES), "-lm", "-o", str(built)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-500:]}")
+        os.replace(built, target)  # atomic: concurrent builders each leave a complete file
+    return target
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """Open a built library and declare its kernels' argument types."""
+    import torch  # noqa: F401  (loaded first, so the kernels' OpenMP shares torch's libgomp and threads)
+
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
+    return lib

@@ -1,0 +1,84 @@
+"""Decode attention: the C kernel against the torch path, batch invariance, and the runner on both."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneloop.serve import attention as attention_module
+from tuneloop.serve import native
+from tuneloop.serve.attention import DecodeAttention
+from tuneloop.serve.runner import ModelRunner
+
+from helpers import greedy_runner
+
+needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
+
+LAYERS, SLOTS, KV, CAPACITY, D, HEADS = 2, 8, 2, 32, 16, 6
+
+
+def caches(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (LAYERS, SLOTS, KV, CAPACITY, D)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+def step(slots: list[int], positions: list[int], seed: int = 1):
+    """New tokens' q, k, v and cos/sin for ``slots`` at ``positions`` (the same per slot whatever the batch)."""
+    rows = []
+    for slot in slots:
+        g = torch.Generator().manual_seed(seed * 100 + slot)
+        angle = torch.randn(D // 2, generator=g)
+        rows.append((torch.randn(HEADS * D, generator=g), torch.randn(KV * D, generator=g),
+                     torch.randn(KV * D, generator=g), torch.cat([angle, angle])))  # fmt: skip
+    q, k, v, angles = (torch.stack(parts) for parts in zip(*rows, strict=True))
+    return q, k, v, angles.cos(), angles.sin()
+
+
+def run(slots, positions, use_kernel: bool, seed: int = 0):
+    k_cache, v_cache = caches(seed)
+    q, k, v, cos, sin = step(slots, positions)
+    attention = DecodeAttention(k_cache, v_cache, slots, positions, cos, sin, HEADS)
+    out = attention(1, q, k, v) if use_kernel else attention.torch(1, q, k, v)
+    return out, k_cache, v_cache
+
+
+@needs_kernels
+def test_kernel_matches_torch_and_writes_the_same_cache():
+    slots, positions = [5, 0, 3, 7, 2], [9, 0, 31, 4, 17]  # unsorted, with gaps; a first token; a full slot
+    out, k_cache, v_cache = run(slots, positions, use_kernel=True)
+    ref, k_ref, v_ref = run(slots, positions, use_kernel=False)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(k_cache, k_ref, atol=1e-6) and torch.equal(v_cache, v_ref)
+    assert not torch.equal(k_cache, caches()[0])  # the new keys were written
+
+
+@needs_kernels
+def test_a_token_gives_the_same_bits_alone_or_in_a_batch():
+    together, _, _ = run([5, 0, 3, 7, 2], [9, 0, 31, 4, 17], use_kernel=True)
+    for i, (slot, position) in enumerate(zip([5, 0, 3, 7, 2], [9, 0, 31, 4, 17], strict=True)):
+        alone, _, _ = run([slot], [position], use_kernel=True)
+        assert torch.equal(alone[0], together[i])
+
+
+@pytest.mark.parametrize("use_kernel", [pytest.param(True, marks=needs_kernels), False])
+def test_runner_decodes_like_generate_with_either_attention(tiny_model_dir, monkeypatch, use_kernel):
+    from transformers import AutoModelForCausalLM
+
+    if not use_kernel:
+        monkeypatch.setattr(attention_module.native, "library", lambda: None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = list(range(300, 330))
+    expected = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    runner = ModelRunner(model, 3, 256)
+    assert greedy_runner(runner, 2, ids, 12) == expected[0, len(ids) :].tolist()
+    # and in a batch with another sequence, each row as alone
+    other = list(range(400, 410))
+    a, b = runner.prefill(0, ids, None).argmax(), runner.prefill(1, other, None).argmax()
+    tokens = [[int(a)], [int(b)]]
+    for _ in range(11):
+        logits = runner.decode([0, 1], [tokens[0][-1], tokens[1][-1]], [None, None])
+        for row, out in zip(logits, tokens, strict=True):
+            out.append(int(row.argmax()))
+    assert tokens[0] == expected[0, len(ids) :].tolist()
+    assert tokens[1] == greedy_runner(ModelRunner(model, 1, 256), 0, other, 12)
