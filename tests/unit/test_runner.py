@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tuneloop.serve import native
 from tuneloop.serve.lora_weights import load_lora
 from tuneloop.serve.runner import ModelRunner
 
@@ -73,28 +74,59 @@ def test_cache_grows_beyond_initial_capacity(tiny):
     assert greedy_runner(ModelRunner(tiny, 1, 1024), 0, ids, 5) == greedy_hf(tiny, ids, 5)
 
 
-@pytest.mark.parametrize("sizes", [(2, 2), (2, 3)])  # equal groups (no padding) and unequal ones
-def test_stacked_adapters_equal_one_adapter_at_a_time(sizes):
-    from tuneloop.serve.lora_weights import LoraAdapter, StackRows, stack_adapters
+def two_adapters(k: int = 32, n: int = 100):
+    """Two adapters on layer 0: ranks 4 (zero-padded to 8) and 16, the second without v_proj."""
+    from tuneloop.serve.lora_weights import LoraAdapter
 
     g = torch.Generator().manual_seed(0)
 
-    def factors(rank: int, k: int = 32, n: int = 48, scale: float = 2.0):
-        return torch.randn(rank, k, generator=g), torch.randn(n, rank, generator=g), scale
+    def factors(rank: int, scale: float):
+        return torch.randn(k, rank, generator=g), torch.randn(rank, n, generator=g) * scale
 
-    first = LoraAdapter("a", {(0, "q_proj"): factors(4), (0, "v_proj"): factors(4)})
-    second = LoraAdapter("b", {(0, "q_proj"): factors(8, scale=0.5)})  # other rank, no v_proj
-    stack = stack_adapters((first, second))
+    first = LoraAdapter("a", {(0, "q_proj"): factors(4, 2.0), (0, "v_proj"): factors(4, 2.0)})
+    second = LoraAdapter("b", {(0, "q_proj"): factors(16, 0.5)})
+    return first, second
+
+
+def lora_plan(kind: str, adapters, groups: list[slice]):
+    from tuneloop.serve.lora_weights import LoraGroups, LoraRows, StackedLora, StackRows, stack_adapters
+
+    if kind == "kernel":
+        return LoraRows(native.library(), list(adapters), [groups[0].start, *(g.stop for g in groups)])
+    if kind == "stack":
+        return StackedLora(stack_adapters(tuple(adapters)), StackRows.of(groups))
+    return LoraGroups(list(zip(adapters, groups, strict=True)))
+
+
+needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
+
+
+@pytest.mark.parametrize("kind", [pytest.param("kernel", marks=needs_kernels), "stack", "loop"])
+@pytest.mark.parametrize("sizes", [(2, 2), (2, 3), (6, 1)])  # equal groups, unequal ones, more than 4 rows
+def test_every_lora_plan_adds_each_rows_own_adapter(kind, sizes):
+    adapters = two_adapters()
     groups = [slice(1, 1 + sizes[0]), slice(1 + sizes[0], 1 + sum(sizes))]  # row 0: the base model
-    rows = StackRows.of(groups)
-    x = torch.randn(1 + sum(sizes), 32, generator=g)
-    for name in ("q_proj", "v_proj"):
-        expected = torch.zeros(len(x), 48)
-        for adapter, span in zip((first, second), groups, strict=True):
+    plan = lora_plan(kind, adapters, groups)
+    x = torch.randn(1 + sum(sizes), 32, generator=torch.Generator().manual_seed(1))
+    for name in ("q_proj", "v_proj", "o_proj"):  # o_proj: in neither adapter
+        expected = torch.zeros(len(x), 100)
+        for adapter, span in zip(adapters, groups, strict=True):
             if (0, name) in adapter.factors:
-                a, b, scale = adapter.factors[(0, name)]
-                expected[span] = (x[span] @ a.T) @ b.T * scale
-        got = torch.zeros(len(x), 48)
-        rows.add(got, x, stack.a[(0, name)], stack.b[(0, name)])
-        assert torch.allclose(got, expected, atol=1e-5)
-    assert got[0].abs().max() == 0
+                at, bt = adapter.factors[(0, name)]
+                expected[span] = (x[span] @ at) @ bt
+        got = torch.zeros(len(x), 100)
+        plan.add(got, x, 0, name)
+        assert torch.allclose(got, expected, atol=1e-4)
+        assert got[0].abs().max() == 0
+
+
+@needs_kernels
+def test_the_lora_kernel_gives_a_row_the_same_bits_in_any_batch():
+    adapters = two_adapters()
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(2))
+    together = torch.zeros(8, 100)
+    lora_plan("kernel", adapters, [slice(1, 6), slice(6, 8)]).add(together, x, 0, "q_proj")
+    for row, adapter in [(1, adapters[0]), (4, adapters[0]), (5, adapters[0]), (7, adapters[1])]:
+        alone = torch.zeros(1, 100)
+        lora_plan("kernel", [adapter], [slice(0, 1)]).add(alone, x[row : row + 1], 0, "q_proj")
+        assert torch.equal(alone[0], together[row])

@@ -1,7 +1,11 @@
 """LoRA adapters as plain tensors, for the engine's multi-adapter batched forward pass.
 
 A PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) becomes a map from
-(layer index, projection name) to ``(A, B, scale)`` so that ``y += (x @ A.T) @ B.T * scale``.
+(layer index, projection name) to ``(At, Bt)`` so that ``y += (x @ At) @ Bt`` (PEFT's A and B
+transposed, B multiplied by the adapter's scale). A decode step applies the adapters of all its
+rows in one C call per projection (``LoraRows``, ``kernels/lora.c``), or, where the kernels are not
+built, in torch: one adapter's rows with two matmuls, a mix of adapters with two batched matmuls
+over their stacked factors (``LoraStack``).
 """
 
 from __future__ import annotations
@@ -16,20 +20,44 @@ import torch
 
 from tuneloop.errors import InvalidModelError
 
+RANK_UNIT = 8  # ranks are zero-padded to a multiple of this (kernels/lora.c works in chunks of 8)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 
 
 @dataclass
 class LoraAdapter:
-    """One adapter's low-rank factors per (layer, projection)."""
+    """One adapter's low-rank factors per (layer, projection): ``At [in, r]`` and ``Bt [r, out]``."""
 
     name: str
-    factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]]
+    factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+
+    def __post_init__(self) -> None:
+        self.factors = {key: _padded(at, bt) for key, (at, bt) in self.factors.items()}
+        #: for the C kernel: row ``layer * 7 + projection`` holds At's and Bt's addresses and the rank
+        entries = len(PROJECTIONS) * (1 + max((layer for layer, _ in self.factors), default=-1))
+        self.table = torch.zeros(entries, 3, dtype=torch.long)
+        for (layer, proj), (at, bt) in self.factors.items():
+            self.table[entry(layer, proj)] = torch.tensor([at.data_ptr(), bt.data_ptr(), bt.shape[0]])
 
     @property
     def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in self.factors.values())
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.factors.values())
+
+
+def _padded(at: torch.Tensor, bt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors, contiguous, with the rank zero-padded to a multiple of 8 (the kernel's unit)."""
+    if at.dim() != 2 or bt.dim() != 2 or at.shape[1] != bt.shape[0]:
+        raise ValueError(f"LoRA factors must be [in, r] and [r, out], got {tuple(at.shape)} and {tuple(bt.shape)}")
+    pad = -at.shape[1] % RANK_UNIT
+    if pad:
+        at, bt = torch.nn.functional.pad(at, (0, pad)), torch.nn.functional.pad(bt, (0, 0, 0, pad))
+    return at.contiguous(), bt.contiguous()
+
+
+def entry(layer: int, projection: str) -> int:
+    """A (layer, projection)'s row in ``LoraAdapter.table``."""
+    return layer * len(PROJECTIONS) + PROJECTIONS.index(projection)
 
 
 def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> LoraAdapter:
@@ -55,7 +83,7 @@ def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> Lo
         if proj not in PROJECTIONS:
             raise InvalidModelError(f"{weights_path}: LoRA on {proj} is not supported")
         pieces.setdefault((layer, proj), {})[which] = tensor.to(device=device, dtype=torch.float32)
-    factors = {k: (v["A"], v["B"], scale) for k, v in pieces.items() if "A" in v and "B" in v}
+    factors = {k: (v["A"].T.contiguous(), (v["B"].T * scale).contiguous()) for k, v in pieces.items() if len(v) == 2}
     return LoraAdapter(name, factors)
 
 
@@ -76,17 +104,17 @@ class LoraStack:
 def stack_adapters(adapters: tuple[LoraAdapter, ...]) -> LoraStack:
     """Stack the factors of ``adapters`` (in the order a batch's row groups will use)."""
     keys = sorted({key for adapter in adapters for key in adapter.factors})
-    rank = max(a.shape[0] for adapter in adapters for a, _, _ in adapter.factors.values())
+    rank = max(bt.shape[0] for adapter in adapters for _, bt in adapter.factors.values())
     stacked_a, stacked_b = {}, {}
     for key in keys:
-        like_a, like_b, _ = next(adapter.factors[key] for adapter in adapters if key in adapter.factors)
-        a = like_a.new_zeros(len(adapters), like_a.shape[1], rank)
-        b = like_a.new_zeros(len(adapters), rank, like_b.shape[0])
+        like_at, like_bt = next(adapter.factors[key] for adapter in adapters if key in adapter.factors)
+        a = like_at.new_zeros(len(adapters), like_at.shape[0], rank)
+        b = like_at.new_zeros(len(adapters), rank, like_bt.shape[1])
         for i, adapter in enumerate(adapters):
             if key in adapter.factors:
-                fa, fb, scale = adapter.factors[key]
-                a[i, :, : fa.shape[0]] = fa.T
-                b[i, : fa.shape[0]] = fb.T * scale
+                at, bt = adapter.factors[key]
+                a[i, :, : at.shape[1]] = at
+                b[i, : at.shape[1]] = bt
         stacked_a[key], stacked_b[key] = a, b
     return LoraStack(adapters, stacked_a, stacked_b)
 
@@ -117,3 +145,58 @@ class StackRows:
         xs = x[self.rows] if self.gather is None else x.index_select(0, self.gather.to(x.device))
         out = torch.bmm(torch.bmm(xs.view(a.shape[0], self.width, -1), a), b).view(-1, b.shape[2])
         y[self.rows].add_(out if self.scatter is None else out.index_select(0, self.scatter.to(x.device)))
+
+
+@dataclass
+class StackedLora:
+    """A batch mixing adapters, in torch: two batched matmuls per projection over a ``LoraStack``."""
+
+    stack: LoraStack
+    rows: StackRows
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> None:
+        if (layer, projection) in self.stack.a:
+            self.rows.add(y, x, self.stack.a[(layer, projection)], self.stack.b[(layer, projection)])
+
+
+@dataclass
+class LoraGroups:
+    """Adapters in torch, one after another: each (adapter, rows) pair's rows (a slice of the batch,
+    or None for all of it) get two matmuls per projection, accumulated in place."""
+
+    groups: list[tuple[LoraAdapter, slice | None]]
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> None:
+        for adapter, rows in self.groups:
+            factors = adapter.factors.get((layer, projection))
+            if factors is not None:
+                xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+                ys.addmm_(xs @ factors[0], factors[1])
+
+
+class LoraRows:
+    """A decode step's adapters for the C kernel: group g (adapter ``adapters[g]``) is the rows
+    ``starts[g]`` to ``starts[g + 1]``; ``add`` applies every group's update to one projection."""
+
+    def __init__(self, lib, adapters: list[LoraAdapter], starts: list[int]):
+        self.lib, self.groups = lib, len(adapters)
+        self.entries = max(len(a.table) for a in adapters)
+        self.table = torch.zeros(self.groups, self.entries, 3, dtype=torch.long)
+        for g, adapter in enumerate(adapters):
+            self.table[g, : len(adapter.table)] = adapter.table
+        self.starts = torch.tensor(starts, dtype=torch.long)
+        self.rank = int(self.table[:, :, 2].max())
+        self.adapters = adapters  # the table points into their tensors
+        self.scratch = torch.empty(starts[-1], max(self.rank, 1))  # x @ At of each row
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> None:
+        """``y[rows of g] += (x[rows of g] @ At_g) @ Bt_g`` for every group, in place."""
+        at = entry(layer, projection)
+        if at >= self.entries:
+            return
+        m, k = x.shape
+        if m > len(self.scratch) or not y.is_contiguous():
+            raise ValueError(f"{m} rows for a batch of {len(self.scratch)}, or a strided output")
+        x = x.contiguous()
+        self.lib.tl_lora(x.data_ptr(), y.data_ptr(), m, k, y.shape[1], self.groups, self.starts.data_ptr(),
+                         self.table.data_ptr(), self.entries, at, self.scratch.data_ptr())  # fmt: skip

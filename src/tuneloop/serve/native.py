@@ -3,6 +3,8 @@
 * ``tl_qmatmul`` (``qmatmul.c``): products with group-quantized int8 weights (``quantized``).
 * ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
   decode step of many sequences (``attention``).
+* ``tl_lora`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
+  different adapters (``lora_weights.LoraRows``).
 
 The sources are built with the system C compiler (AVX2 + FMA, AVX-512 lanes where the CPU has
 them, OpenMP) into ``~/.cache/tuneloop/kernels`` (a temporary folder where that is read-only).
@@ -25,7 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name("kernels") / name for name in ("qmatmul.c", "attention.c")]
+_SOURCES = [Path(__file__).with_name("kernels") / name for name in ("qmatmul.c", "attention.c", "lora.c")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
@@ -36,6 +38,7 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "tl_qmatmul": [_P] * 5 + [_I] * 3,
     "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
+    "tl_lora": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
 }
 
 

@@ -17,12 +17,23 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from tuneloop.serve import native
 from tuneloop.serve.attention import DecodeAttention, rope
-from tuneloop.serve.lora_weights import LoraAdapter, LoraStack, StackRows, stack_adapters
+from tuneloop.serve.lora_weights import (
+    LoraAdapter,
+    LoraGroups,
+    LoraRows,
+    LoraStack,
+    StackedLora,
+    StackRows,
+    stack_adapters,
+)
 from tuneloop.serve.quantized import GroupQuantized, max_rows
 
-#: Stacks of adapters kept for batches that mix several (each holds a copy of its adapters' factors).
+#: Stacks of adapters kept for batches that mix several, in torch (each holds a copy of its adapters' factors).
 MAX_STACKS = 2
+
+LoraPlan = LoraRows | LoraGroups | StackedLora
 
 
 class ModelRunner:
@@ -68,26 +79,11 @@ class ModelRunner:
         self.lengths[slot] = cached
 
     # -- linear layers with per-row adapters -----------------------------------------------------
-    def _linear(self, module, x: torch.Tensor, layer: int, name: str, groups) -> torch.Tensor:
-        """``x @ W.T + b`` plus each row's adapter update.
-
-        ``groups`` is either a list of (adapter, rows) — rows of one adapter are contiguous
-        (``decode`` sorts the batch), so each group is a view: two small matmuls accumulated in
-        place — or, for a batch mixing adapters, a (stack, rows) pair: two batched matmuls in all.
-        """
+    def _linear(self, module, x: torch.Tensor, layer: int, name: str, lora: LoraPlan | None) -> torch.Tensor:
+        """``x @ W.T + b`` plus each row's adapter update (``lora``: how the rows meet their adapters)."""
         y = self._project(module, x)
-        if isinstance(groups, tuple):
-            stack, rows = groups
-            if (layer, name) in stack.a:
-                rows.add(y, x, stack.a[(layer, name)], stack.b[(layer, name)])
-            return y
-        for adapter, rows in groups:
-            factors = adapter.factors.get((layer, name))
-            if factors is None:
-                continue
-            a, b, scale = factors
-            xs, ys = (x, y) if rows is None else (x[rows], y[rows])
-            ys.addmm_(xs @ a.T, b.T, alpha=scale)
+        if lora is not None:
+            lora.add(y, x, layer, name)
         return y
 
     # -- forward ---------------------------------------------------------------------------------
@@ -99,8 +95,8 @@ class ModelRunner:
         self._ensure_capacity(start + n)
         tokens = torch.tensor(token_ids, device=self.device)
         positions = torch.arange(start, start + n, device=self.device)
-        groups = [(adapter, None)] if adapter is not None else []
-        hidden = self._forward(tokens, positions, [slot], [start], groups, decode=False)
+        lora = LoraGroups([(adapter, None)]) if adapter is not None else None
+        hidden = self._forward(tokens, positions, [slot], [start], lora, decode=False)
         self.lengths[slot] = start + n
         return self._logits(hidden[-1:])[0]
 
@@ -115,19 +111,24 @@ class ModelRunner:
         self._ensure_capacity(max(starts) + 1)
         tokens = torch.tensor([token_ids[i] for i in order], device=self.device)
         positions = torch.tensor(starts, device=self.device)
-        groups = self._lora_groups(adapters)
-        hidden = self._forward(tokens, positions, slots, starts, groups, decode=True)
+        hidden = self._forward(tokens, positions, slots, starts, self._lora_plan(adapters), decode=True)
         for s in slots:
             self.lengths[s] += 1
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return self._logits(hidden).index_select(0, inverse.to(self.device))  # back in the caller's order
 
-    def _lora_groups(self, adapters: Sequence[LoraAdapter | None]):
-        """The ``groups`` argument of ``_linear`` for a batch sorted by adapter."""
+    def _lora_plan(self, adapters: Sequence[LoraAdapter | None]) -> LoraPlan | None:
+        """How the rows of a decode batch sorted by adapter meet their adapters (None: no adapter)."""
         groups = _adapter_groups(adapters)
+        if not groups:
+            return None
+        lib = native.library() if self.device.type == "cpu" and self.dtype == torch.float32 else None
+        if lib is not None:  # the C kernel: one call per projection for every group
+            spans = [slice(0, len(adapters)) if rows is None else rows for _, rows in groups]
+            return LoraRows(lib, [adapter for adapter, _ in groups], [spans[0].start, *(r.stop for r in spans)])
         if len(groups) < 2:
-            return groups
+            return LoraGroups(groups)
         key = tuple(id(adapter) for adapter, _ in groups)
         stack = self._stacks.get(key)
         if stack is None:
@@ -135,7 +136,7 @@ class ModelRunner:
             while len(self._stacks) > MAX_STACKS:
                 self._stacks.popitem(last=False)
         self._stacks.move_to_end(key)
-        return stack, StackRows.of([rows for _, rows in groups])
+        return StackedLora(stack, StackRows.of([rows for _, rows in groups]))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._project(self.hf.lm_head, self.core.norm(hidden)).float()
@@ -148,7 +149,7 @@ class ModelRunner:
         y = codes.matmul(x)
         return y if module.bias is None else y + module.bias
 
-    def _forward(self, tokens, positions, slots, starts, groups, decode: bool) -> torch.Tensor:
+    def _forward(self, tokens, positions, slots, starts, lora: LoraPlan | None, decode: bool) -> torch.Tensor:
         """Hidden states [T, H] of T new tokens: one sequence's tokens from ``starts[0]`` (prefill), or
         one token for each of many slots (decode)."""
         x = self.core.embed_tokens(tokens)
@@ -161,15 +162,15 @@ class ModelRunner:
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = self._linear(attn.q_proj, h, li, "q_proj", groups)
-            k = self._linear(attn.k_proj, h, li, "k_proj", groups)
-            v = self._linear(attn.v_proj, h, li, "v_proj", groups)
-            x = x + self._linear(attn.o_proj, attention(li, q, k, v), li, "o_proj", groups)
+            q = self._linear(attn.q_proj, h, li, "q_proj", lora)
+            k = self._linear(attn.k_proj, h, li, "k_proj", lora)
+            v = self._linear(attn.v_proj, h, li, "v_proj", lora)
+            x = x + self._linear(attn.o_proj, attention(li, q, k, v), li, "o_proj", lora)
             h = layer.post_attention_layernorm(x)
             mlp = layer.mlp
-            gate = self._linear(mlp.gate_proj, h, li, "gate_proj", groups)
-            up = self._linear(mlp.up_proj, h, li, "up_proj", groups)
-            x = x + self._linear(mlp.down_proj, mlp.act_fn(gate) * up, li, "down_proj", groups)
+            gate = self._linear(mlp.gate_proj, h, li, "gate_proj", lora)
+            up = self._linear(mlp.up_proj, h, li, "up_proj", lora)
+            x = x + self._linear(mlp.down_proj, mlp.act_fn(gate) * up, li, "down_proj", lora)
         return x
 
     def _prefill_attention(self, slot: int, s0: int, n: int, cos: torch.Tensor, sin: torch.Tensor):
