@@ -95,8 +95,7 @@ class ModelRunner:
         self._ensure_capacity(start + n)
         tokens = torch.tensor(token_ids, device=self.device)
         positions = torch.arange(start, start + n, device=self.device)
-        lora = LoraGroups([(adapter, None)]) if adapter is not None else None
-        hidden = self._forward(tokens, positions, [slot], [start], lora, decode=False)
+        hidden = self._forward(tokens, positions, [slot], [start], self._lora_plan([adapter] * n), decode=False)
         self.lengths[slot] = start + n
         return self._logits(hidden[-1:])[0]
 
@@ -119,7 +118,7 @@ class ModelRunner:
         return self._logits(hidden).index_select(0, inverse.to(self.device))  # back in the caller's order
 
     def _lora_plan(self, adapters: Sequence[LoraAdapter | None]) -> LoraPlan | None:
-        """How the rows of a decode batch sorted by adapter meet their adapters (None: no adapter)."""
+        """How the rows of a batch sorted by adapter meet their adapters (None: no adapter)."""
         groups = _adapter_groups(adapters)
         if not groups:
             return None
