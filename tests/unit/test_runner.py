@@ -11,6 +11,8 @@ from tuneloop.serve.runner import ModelRunner
 
 from helpers import greedy_runner
 
+needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
@@ -44,9 +46,13 @@ def test_greedy_decode_matches_generate(tiny):
     assert greedy_runner(ModelRunner(tiny, 2, 512), 1, ids, 20) == greedy_hf(tiny, ids, 20)
 
 
-def test_mixed_adapter_batch_matches_peft_and_solo_runs(tiny, tiny_model_dir, adapters):
+@pytest.mark.parametrize("kernels", [pytest.param(True, marks=needs_kernels), False], ids=["kernels", "torch"])
+def test_mixed_adapter_batch_matches_peft_and_solo_runs(tiny, tiny_model_dir, adapters, monkeypatch, kernels):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    if not kernels:  # where the C kernels cannot be built: torch attention, stacked adapters
+        monkeypatch.setattr(native, "library", lambda: None)
 
     prompts = [list(range(300, 320)), list(range(400, 425)), list(range(500, 512))]
     loaded = [load_lora(f"a{i}", path) for i, path in enumerate(adapters)]
@@ -62,6 +68,7 @@ def test_mixed_adapter_batch_matches_peft_and_solo_runs(tiny, tiny_model_dir, ad
         for out, t in zip(outs, tokens, strict=True):
             out.append(t)
     assert outs == solo  # the batch changes nothing
+    assert bool(runner._stacks) is not kernels  # torch mixes adapters through stacked factors
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     peft_model = PeftModel.from_pretrained(base, str(adapters[0])).eval()
@@ -96,9 +103,6 @@ def lora_plan(kind: str, adapters, groups: list[slice]):
     if kind == "stack":
         return StackedLora(stack_adapters(tuple(adapters)), StackRows.of(groups))
     return LoraGroups(list(zip(adapters, groups, strict=True)))
-
-
-needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
 
 @pytest.mark.parametrize("kind", [pytest.param("kernel", marks=needs_kernels), "stack", "loop"])
