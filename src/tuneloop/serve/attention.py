@@ -8,6 +8,7 @@ single C call (``kernels/attention.c``) where the kernels are built, else in tor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ class DecodeAttention:
         self.positions = torch.tensor(positions, dtype=torch.long)
         self.cos, self.sin = cos.float().contiguous(), sin.float().contiguous()
         self.lib = native.library() if k_cache.device.type == "cpu" and k_cache.dtype == torch.float32 else None
+        self._layout: _TorchLayout | None = None  # for the torch path, made on its first layer
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.lib is None:
@@ -57,32 +59,40 @@ class DecodeAttention:
         """The same in torch: a masked attention over the cache's view of the slot range the batch
         spans (a slot of the range that is not in the batch gets a zero query; its output is dropped)."""
         b, d, n_kv, group = q.shape[0], self.head_dim, self.n_kv, self.n_heads // self.n_kv
-        if not hasattr(self, "_flat"):
-            self._prepare_torch(q.device)
+        if self._layout is None:
+            self._layout = _TorchLayout.of(self.slots.to(q.device), self.positions.to(q.device), n_kv, self.capacity)
+        at = self._layout
         q = rope(q.view(b, self.n_heads, d), self.cos, self.sin)
         k = rope(k.view(b, n_kv, d), self.cos, self.sin)
-        self.k_cache[layer].view(-1, d).index_copy_(0, self._flat, k.reshape(-1, d))
-        self.v_cache[layer].view(-1, d).index_copy_(0, self._flat, v.reshape(-1, d))
-        keys, values = (
-            self.k_cache[layer, self._range, :, : self._length],
-            self.v_cache[layer, self._range, :, : self._length],
-        )
+        self.k_cache[layer].view(-1, d).index_copy_(0, at.flat, k.reshape(-1, d))
+        self.v_cache[layer].view(-1, d).index_copy_(0, at.flat, v.reshape(-1, d))
+        keys = self.k_cache[layer, at.slots, :, : at.length]
+        values = self.v_cache[layer, at.slots, :, : at.length]
         queries = q.view(b, n_kv, group, d)
         if b > 1:
-            queries = q.new_zeros(self._range.stop - self._range.start, n_kv, group, d).index_copy_(
-                0, self._rows, queries
-            )
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=self._mask)
-        return (out if b == 1 else out.index_select(0, self._rows)).reshape(b, -1)
+            span = at.slots.stop - at.slots.start
+            queries = q.new_zeros(span, n_kv, group, d).index_copy_(0, at.rows, queries)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=at.mask)
+        return (out if b == 1 else out.index_select(0, at.rows)).reshape(b, -1)
 
-    def _prepare_torch(self, device: torch.device) -> None:
-        """What every layer's torch attention shares: where the new keys go, the range, the mask."""
-        slots, pos = self.slots.to(device), self.positions.to(device)
-        heads = torch.arange(self.n_kv, device=device)
-        self._flat = ((slots[:, None] * self.n_kv + heads) * self.capacity + pos[:, None]).reshape(-1)
+
+@dataclass
+class _TorchLayout:
+    """What every layer's torch attention in a step shares."""
+
+    flat: torch.Tensor  # where each new key/value goes in a layer's cache flattened to [-1, D]
+    slots: slice  # the slot range the batch spans
+    rows: torch.Tensor  # each token's place in that range
+    length: int  # positions attended (the longest sequence's)
+    mask: torch.Tensor | None  # [range, 1, 1, length]: each slot sees its own positions only
+
+    @staticmethod
+    def of(slots: torch.Tensor, positions: torch.Tensor, n_kv: int, capacity: int) -> _TorchLayout:
+        heads = torch.arange(n_kv, device=slots.device)
+        flat = ((slots[:, None] * n_kv + heads) * capacity + positions[:, None]).reshape(-1)
         lo, hi = int(slots.min()), int(slots.max()) + 1
-        self._range, self._length, self._rows = slice(lo, hi), int(pos.max()) + 1, slots - lo
-        self._mask = None
-        if len(slots) > 1:  # each slot sees its own positions only (an absent slot: position 0)
-            seen = torch.zeros(hi - lo, dtype=torch.long, device=device).index_copy_(0, self._rows, pos)
-            self._mask = (torch.arange(self._length, device=device)[None, :] <= seen[:, None])[:, None, None, :]
+        rows, length, mask = slots - lo, int(positions.max()) + 1, None
+        if len(slots) > 1:  # an absent slot of the range sees position 0 (its output is dropped)
+            seen = torch.zeros(hi - lo, dtype=torch.long, device=slots.device).index_copy_(0, rows, positions)
+            mask = (torch.arange(length, device=slots.device)[None, :] <= seen[:, None])[:, None, None, :]
+        return _TorchLayout(flat, slice(lo, hi), rows, length, mask)
