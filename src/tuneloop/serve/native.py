@@ -5,6 +5,8 @@
   decode step of many sequences (``attention``).
 * ``tl_lora`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
   different adapters (``lora_weights.LoraRows``).
+* ``tl_add_rmsnorm``, ``tl_silu_mul`` (``pointwise.c``): a layer's residual add + RMSNorm and its
+  SiLU gating (``runner``).
 
 The sources are built with the system C compiler (AVX2 + FMA, AVX-512 lanes where the CPU has
 them, OpenMP) into ``~/.cache/tuneloop/kernels`` (a temporary folder where that is read-only).
@@ -27,7 +29,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name("kernels") / name for name in ("qmatmul.c", "attention.c", "lora.c")]
+_KERNELS = Path(__file__).with_name("kernels")
+_SOURCES = [_KERNELS / name for name in ("qmatmul.c", "attention.c", "lora.c", "pointwise.c")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
@@ -39,6 +42,8 @@ _SIGNATURES = {
     "tl_qmatmul": [_P] * 5 + [_I] * 3,
     "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
     "tl_lora": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
+    "tl_add_rmsnorm": [_P, _P, _P, _F, _P, _I, _I],
+    "tl_silu_mul": [_P, _P, _P, _I, _I],
 }
 
 
@@ -90,7 +95,8 @@ def build(flags: set[str] | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
     options = [*_FLAGS, *lane_flags(flags)]
-    digest = hashlib.sha256(b"".join(s.read_bytes() for s in _SOURCES) + " ".join([compiler, *options]).encode())
+    files = sorted(_KERNELS.glob("*.[ch]"))  # the sources and the headers they include
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files) + " ".join([compiler, *options]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"
     try:
         cache.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,10 @@ class ModelRunner:
         self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.lengths = [0] * n_slots
         self._stacks: collections.OrderedDict[tuple[int, ...], LoraStack] = collections.OrderedDict()
+        on_cpu = self.device.type == "cpu" and self.dtype == torch.float32
+        #: the C kernels of a layer's norms and gating (None: torch does them)
+        self._pointwise = native.library() if on_cpu else None
+        self._silu = getattr(cfg, "hidden_act", None) in ("silu", "swish")
 
     # -- cache -----------------------------------------------------------------------------------
     def _ensure_capacity(self, needed: int) -> None:
@@ -138,7 +142,7 @@ class ModelRunner:
         return StackedLora(stack, StackRows.of([rows for _, rows in groups]))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._project(self.hf.lm_head, self.core.norm(hidden)).float()
+        return self._project(self.hf.lm_head, self._add_norm(hidden, None, self.core.norm)).float()
 
     def _project(self, module, x: torch.Tensor) -> torch.Tensor:
         """``module(x)`` without LoRA: from the int8 codes for few rows when the layer has them."""
@@ -158,19 +162,42 @@ class ModelRunner:
             attention = DecodeAttention(self.k_cache, self.v_cache, slots, starts, cos, sin, self.n_heads)
         else:
             attention = self._prefill_attention(slots[0], starts[0], x.shape[0], cos, sin)
+        delta = None  # the last sublayer's output, added to x by the next norm
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = self._add_norm(x, delta, layer.input_layernorm)
             q = self._linear(attn.q_proj, h, li, "q_proj", lora)
             k = self._linear(attn.k_proj, h, li, "k_proj", lora)
             v = self._linear(attn.v_proj, h, li, "v_proj", lora)
-            x = x + self._linear(attn.o_proj, attention(li, q, k, v), li, "o_proj", lora)
-            h = layer.post_attention_layernorm(x)
+            delta = self._linear(attn.o_proj, attention(li, q, k, v), li, "o_proj", lora)
+            h = self._add_norm(x, delta, layer.post_attention_layernorm)
             mlp = layer.mlp
             gate = self._linear(mlp.gate_proj, h, li, "gate_proj", lora)
             up = self._linear(mlp.up_proj, h, li, "up_proj", lora)
-            x = x + self._linear(mlp.down_proj, mlp.act_fn(gate) * up, li, "down_proj", lora)
-        return x
+            delta = self._linear(mlp.down_proj, self._gated(mlp, gate, up), li, "down_proj", lora)
+        return x.add_(delta) if delta is not None else x
+
+    def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, norm) -> torch.Tensor:
+        """``x += delta`` in place (the residual connection), then ``norm(x)``."""
+        lib = self._pointwise
+        if lib is None or not _is_rms_norm(norm) or not x.is_contiguous():
+            if delta is not None:
+                x.add_(delta)
+            return norm(x)
+        out = torch.empty_like(x)
+        delta = None if delta is None else delta.contiguous()
+        lib.tl_add_rmsnorm(x.data_ptr(), None if delta is None else delta.data_ptr(), norm.weight.data_ptr(),
+                           norm.variance_epsilon, out.data_ptr(), x.shape[0], x.shape[1])  # fmt: skip
+        return out
+
+    def _gated(self, mlp, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``act_fn(gate) * up``, in one C call for SiLU."""
+        if self._pointwise is None or not self._silu:
+            return mlp.act_fn(gate) * up
+        out = torch.empty_like(gate)
+        gate, up = gate.contiguous(), up.contiguous()
+        self._pointwise.tl_silu_mul(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.shape[0], gate.shape[1])
+        return out
 
     def _prefill_attention(self, slot: int, s0: int, n: int, cos: torch.Tensor, sin: torch.Tensor):
         """Attention for ``n`` new tokens of one slot: over its cache, and causally over each other."""
@@ -208,6 +235,18 @@ def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     y = (weight @ (torch.cat([x, x]) if single else x).T).T
     y = y[:1].contiguous() if single else y.contiguous()
     return y if bias is None else y + bias
+
+
+def _is_rms_norm(module) -> bool:
+    """Whether ``module`` computes Llama's RMSNorm, ``weight * x / sqrt(mean(x^2) + eps)`` in float32."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and hasattr(module, "variance_epsilon")
+        and isinstance(weight, torch.Tensor)
+        and weight.dtype == torch.float32
+        and weight.is_contiguous()
+    )
 
 
 def _causal_mask(n: int, past: int, device) -> torch.Tensor:

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "exp.h"
+
 /* y = x * cos + rotate_half(x) * sin, rotate_half(x) = (-x[D/2:], x[:D/2]). */
 static inline void rope(const float *x, const float *c, const float *s, float *y, int64_t D) {
     const int64_t half = D / 2;
@@ -26,26 +28,6 @@ static inline void rope(const float *x, const float *c, const float *s, float *y
         y[i] = x[i] * c[i] - x[i + half] * s[i];
         y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
     }
-}
-
-/* e^x for x <= 0 (Cephes' single-precision polynomial, relative error ~2e-7), vectorizable. */
-static inline float exp_nonpositive(float x) {
-    union {
-        float f;
-        int32_t i;
-    } bits;
-    x = x < -87.0f ? -87.0f : x;
-    const float n = floorf(x * 1.44269504088896341f + 0.5f);
-    x = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * x + 1.3981999507e-3f;
-    p = p * x + 8.3334519073e-3f;
-    p = p * x + 4.1665795894e-2f;
-    p = p * x + 1.6666665459e-1f;
-    p = p * x + 5.0000001201e-1f;
-    p = p * x * x + x + 1.0f;
-    bits.i = ((int32_t)n + 127) << 23;
-    return p * bits.f;
 }
 
 void tl_decode_attention(const float *q, const float *k, const float *v, const float *cos, const float *sin,
