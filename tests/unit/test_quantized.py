@@ -16,26 +16,39 @@ from helpers import greedy_runner
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
 
-def random_codes(n: int, k: int, offset: bool, seed: int = 0) -> GroupQuantized:
+def random_codes(n: int, k: int, offset: bool, seed: int = 0, bits: int = 8) -> GroupQuantized:
     g = torch.Generator().manual_seed(seed)
-    if offset:  # Q4_1-like: codes 0..15, scale and minimum per group
+    if bits == 4:  # Q4_1-like, packed two per byte: codes 0..15, scale and minimum per group
+        packed = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+        scale, minimum = torch.rand(n, k // 32, generator=g) * 0.1, -torch.rand(n, k // 32, generator=g)
+        return GroupQuantized(packed, scale, minimum if offset else None)
+    if offset:  # Q4_1-like, one code per byte
         codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int8)
         return GroupQuantized(codes, torch.rand(n, k // 32, generator=g) * 0.1, -torch.rand(n, k // 32, generator=g))
     codes = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     return GroupQuantized(codes, torch.rand(n, k // 32, generator=g) * 0.01, None)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("offset", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 17])
-def test_kernel_matches_float_matmul(offset, rows):
-    codes = random_codes(37, 96, offset)  # 37 outputs: a tail that is not a multiple of 4
+def test_kernel_matches_float_matmul(offset, rows, bits):
+    codes = random_codes(37, 96, offset, bits=bits)  # 37 outputs: a tail that is not a multiple of 4
     x = torch.randn(rows, 96)
     expected = x.double() @ codes.dequantize().double().T
     assert torch.allclose(codes.matmul(x).double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_row_gives_the_same_bits_in_any_batch():
-    codes = random_codes(64, 128, offset=True, seed=1)
+def test_4bit_codes_unpack_as_gguf_packs_them():
+    packed = torch.tensor([[0x21, 0xF3] + [0] * 14], dtype=torch.uint8)  # one group of 32 codes
+    codes = GroupQuantized(packed, torch.ones(1, 1), None)
+    assert codes.shape == (1, 32) and codes.bits == 4
+    assert codes.unpacked()[0, [0, 1, 16, 17]].tolist() == [1, 3, 2, 15]  # low nibbles first, then high
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_row_gives_the_same_bits_in_any_batch(bits):
+    codes = random_codes(64, 128, offset=True, seed=1, bits=bits)
     x = torch.randn(9, 128)
     together = codes.matmul(x)
     for i in range(9):
@@ -111,6 +124,7 @@ def test_gguf_blocks_pack_exactly_the_layers_they_reproduce(gguf_model):
     assert len(packed) == 7 * layers - 1 + 1  # every other projection, and the tied head
     for name, codes in packed.items():
         assert torch.equal(codes.dequantize(), model.get_submodule(name).weight)
+        assert codes.bits == (8 if name == "lm_head" else 4)  # Q4_1 blocks stay packed, two codes per byte
     assert pack_model(model, "float32", path) == {}
     assert len(pack_model(model, "int8", path)) == 7 * layers + 1  # the odd one quantized
 
@@ -147,13 +161,15 @@ def test_the_avx2_build_agrees_where_avx512_is_used():
     """Machines without AVX-512 get the 8-lane build: check it too, whatever this CPU has."""
     import ctypes
 
-    avx2 = native.load(native.build(native.cpu_flags() - {"avx512f"})).tl_qmatmul
-    codes = random_codes(37, 96, offset=True, seed=2)
-    x = torch.randn(11, 96)
-    y = torch.empty(11, 37)
-    avx2(codes.codes.data_ptr(), codes.scale.data_ptr(), codes.offset.data_ptr(), x.data_ptr(), y.data_ptr(),
-         ctypes.c_int64(11), ctypes.c_int64(37), ctypes.c_int64(96))  # fmt: skip
-    assert torch.allclose(y, codes.matmul(x), rtol=1e-5, atol=1e-5)
+    avx2 = native.load(native.build(native.cpu_flags() - {"avx512f"}))
+    for bits in (8, 4):
+        codes = random_codes(37, 96, offset=True, seed=2, bits=bits)
+        x = torch.randn(11, 96)
+        y = torch.empty(11, 37)
+        kernel = avx2.tl_qmatmul4 if bits == 4 else avx2.tl_qmatmul
+        kernel(codes.codes.data_ptr(), codes.scale.data_ptr(), codes.offset.data_ptr(), x.data_ptr(), y.data_ptr(),
+               ctypes.c_int64(11), ctypes.c_int64(37), ctypes.c_int64(96))  # fmt: skip
+        assert torch.allclose(y, codes.matmul(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.real_model
@@ -166,7 +182,7 @@ def test_the_bundled_model_decodes_losslessly_from_its_gguf_blocks(smollm2_conve
     packed = pack_model(model, "auto", builtin_gguf_path())
     assert len(packed) == 7 * model.config.num_hidden_layers + 1  # every projection (Q4_1) and the head (Q8_0)
     codes_bytes = sum(c.nbytes for c in packed.values())
-    assert codes_bytes < 0.35 * sum(p.numel() * p.element_size() for p in model.parameters())
+    assert codes_bytes < 0.25 * sum(p.numel() * p.element_size() for p in model.parameters())
     ids = list(range(1000, 1040))
     from_codes = greedy_runner(ModelRunner(model, 1, 256, packed), 0, ids, 24)
     assert from_codes == greedy_runner(ModelRunner(model, 1, 256), 0, ids, 24)

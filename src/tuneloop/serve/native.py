@@ -1,6 +1,7 @@
 """The serving engine's C kernels (``kernels/*.c``): compiled once per machine, called through ctypes.
 
-* ``tl_qmatmul`` (``qmatmul.c``): products with group-quantized int8 weights (``quantized``).
+* ``tl_qmatmul``, ``tl_qmatmul4`` (``qmatmul.c``): products with group-quantized weights, int8 or
+  4-bit codes (``quantized``).
 * ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
   decode step of many sequences (``attention``).
 * ``tl_lora`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
@@ -40,6 +41,7 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 #: argument types of every kernel (pointers are ``tensor.data_ptr()`` values)
 _SIGNATURES = {
     "tl_qmatmul": [_P] * 5 + [_I] * 3,
+    "tl_qmatmul4": [_P] * 5 + [_I] * 3,
     "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
     "tl_lora": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
     "tl_add_rmsnorm": [_P, _P, _P, _F, _P, _I, _I],

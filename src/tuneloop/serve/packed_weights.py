@@ -68,7 +68,8 @@ def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> di
     from safetensors.torch import load_file, save_file
 
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    source = f"{_CACHE_FORMAT}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
     path = cache_dir / f"{gguf.stem}-{key}.safetensors"
     if path.is_file():
         tensors = load_file(str(path))
@@ -107,6 +108,8 @@ def _linear_modules(model) -> dict[str, torch.nn.Module]:
 
 
 _PROJECTIONS = {path.rsplit(".", 1)[-1] for path in _BLOCK_TENSORS.values()}
+#: bumped when the cached codes' layout changes (2: 4-bit codes packed two per byte)
+_CACHE_FORMAT = 2
 
 
 def _from_gguf(model, linears: dict[str, torch.nn.Module], gguf: Path) -> dict[str, GroupQuantized]:
@@ -138,7 +141,7 @@ def _from_gguf(model, linears: dict[str, torch.nn.Module], gguf: Path) -> dict[s
 def _reproduces(codes: GroupQuantized, module: torch.nn.Module) -> bool:
     """Whether ``codes`` stand for exactly ``module``'s float32 weight."""
     weight = module.weight.detach()
-    return codes.codes.shape == weight.shape and torch.equal(codes.dequantize(), weight)
+    return codes.shape == tuple(weight.shape) and torch.equal(codes.dequantize(), weight)
 
 
 def _hf_name(gguf_name: str, tied: bool) -> str | None:
@@ -152,7 +155,8 @@ def _hf_name(gguf_name: str, tied: bool) -> str | None:
 
 
 def _decode_blocks(tensor) -> GroupQuantized | None:
-    """Codes, scales and offsets of a Q8_0 / Q4_0 / Q4_1 tensor (None for other types)."""
+    """Codes, scales and offsets of a Q8_0 / Q4_0 / Q4_1 tensor (None for other types); 4-bit codes
+    stay packed two per byte, as the blocks hold them (Q4_0's ``s * (q - 8)`` as ``s * q - 8 s``)."""
     kind = tensor.tensor_type.name
     layout = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}.get(kind)
     if layout is None:
@@ -164,21 +168,20 @@ def _decode_blocks(tensor) -> GroupQuantized | None:
     scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     offset = None
     if kind == "Q8_0":
-        codes = blocks[..., 2:34].copy().view(np.int8)
+        codes = blocks[..., 2:34].copy().view(np.int8).reshape(n, k)
     else:
-        packed = blocks[..., 2:18] if kind == "Q4_0" else blocks[..., 4:20]
-        codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).astype(np.int8)
+        codes = (blocks[..., 2:18] if kind == "Q4_0" else blocks[..., 4:20]).copy().reshape(n, k // 2)
         if kind == "Q4_0":
-            codes -= 8
+            offset = torch.from_numpy(scale * -8.0)
         else:
             offset = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
-    return GroupQuantized(torch.from_numpy(codes.reshape(n, k)).contiguous(), torch.from_numpy(scale), offset)
+    return GroupQuantized(torch.from_numpy(codes).contiguous(), torch.from_numpy(scale), offset)
 
 
 def _row_orders(codes: GroupQuantized, n_head: int | None) -> list[GroupQuantized]:
     """The tensor as stored, and, for q/k, with llama.cpp's rotary row permutation undone."""
     candidates = [codes]
-    n = codes.codes.shape[0]
+    n = codes.shape[0]
     if n_head and n % (2 * n_head) == 0:
         index = torch.arange(n).reshape(n_head, n // n_head // 2, 2).transpose(1, 2).reshape(-1)
         offset = codes.offset[index].contiguous() if codes.offset is not None else None
