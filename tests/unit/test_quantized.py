@@ -157,9 +157,12 @@ def test_int8_decode_batch_equals_solo_runs(tiny_model_dir):
     assert together == solo
 
 
-def test_the_avx2_build_agrees_where_avx512_is_used():
-    """Machines without AVX-512 get the 8-lane build: check it too, whatever this CPU has."""
+def test_the_avx2_build_agrees_where_avx512_is_used(monkeypatch):
+    """Machines without AVX-512 get the 8-lane build: check every kernel of it, whatever this CPU has."""
     import ctypes
+
+    from tuneloop.serve.attention import DecodeAttention
+    from tuneloop.serve.lora_weights import LoraAdapter
 
     avx2 = native.load(native.build(native.cpu_flags() - {"avx512f"}))
     for bits in (8, 4):
@@ -170,6 +173,26 @@ def test_the_avx2_build_agrees_where_avx512_is_used():
         kernel(codes.codes.data_ptr(), codes.scale.data_ptr(), codes.offset.data_ptr(), x.data_ptr(), y.data_ptr(),
                ctypes.c_int64(11), ctypes.c_int64(37), ctypes.c_int64(96))  # fmt: skip
         assert torch.allclose(y, codes.matmul(x), rtol=1e-5, atol=1e-5)
+    # attention, LoRA, norms and gating: the runner on the AVX2 build decodes as on this CPU's
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    g = torch.Generator().manual_seed(1)
+    shapes = {(0, "q_proj"): (64, 64), (1, "down_proj"): (96, 64)}  # (in, out) of two projections
+    adapter = LoraAdapter("a", {key: (torch.randn(k, 8, generator=g), torch.randn(8, n, generator=g))
+                                for key, (k, n) in shapes.items()})  # fmt: skip
+    ids = list(range(10, 30))
+    expected = [greedy_runner(ModelRunner(model, 1, 64), 0, ids, 8, a) for a in (None, adapter)]
+    assert expected[0] != expected[1]  # the adapter matters
+    monkeypatch.setattr(native, "library", lambda: avx2)
+    runner = ModelRunner(model, 1, 64)
+    assert runner._pointwise is avx2 and runner._lora_plan([adapter]).lib is avx2
+    assert [greedy_runner(ModelRunner(model, 1, 64), 0, ids, 8, a) for a in (None, adapter)] == expected
+    attention = DecodeAttention(runner.k_cache, runner.v_cache, [0], [3], torch.ones(1, 16), torch.zeros(1, 16), 4)
+    assert attention.lib is avx2
 
 
 @pytest.mark.real_model
