@@ -4,9 +4,11 @@ Every request owns a slot of a preallocated KV cache. ``prefill`` runs one reque
 ``decode`` advances any set of slots by one token in a single batched forward pass, whatever
 adapter each slot uses: the base weights are read once per step for the whole batch, and each
 adapter's low-rank update is applied only to its own rows. Works for Llama, SmolLM2, Qwen2 and
-Mistral (HF module weights are used as they are; nothing is copied). Layers given int8 codes
-(``packed``, see ``packed_weights``) run steps of up to ``quantized.max_rows()`` rows from the codes
-(as many as the kernel beats float32 for), longer prefills from the float32 weight.
+Mistral (HF module weights are used as they are; nothing is copied). Layers given 8- or 4-bit
+codes (``packed``, see ``packed_weights``) run steps of up to ``quantized.max_rows()`` rows from
+the codes (as many as the kernel beats float32 for), longer prefills from the float32 weight.
+On CPU the small operations of a layer run as C kernels (``native``): decode attention, LoRA
+updates, residual add + RMSNorm, SiLU gating; torch does them where the kernels are not built.
 """
 
 from __future__ import annotations
