@@ -65,7 +65,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "prefill_seconds": round(e.prefill_seconds, 3),
                 "prompt_tokens": e.prompt_tokens,
                 "cached_prompt_tokens": e.cached_prompt_tokens,
-                "quantized_layers": len(e.runner.packed),  # linear layers decoded from int8 codes
+                "quantized_layers": len(e.runner.packed),  # linear layers decoded from quantized codes
             }
             for name, e in state.pool.engines().items()
         }

@@ -1,4 +1,4 @@
-"""Which of a model's linear layers the engine decodes from int8 codes, and where the codes come from.
+"""Which of a model's linear layers the engine decodes from quantized codes, and where the codes come from.
 
 * From the GGUF file the model was converted from: its Q8_0 / Q4_0 / Q4_1 blocks are the weights'
   own values (the float32 model is their dequantization), so decoding from them is lossless. Every
@@ -41,7 +41,7 @@ _BLOCK_TENSORS = {
 def pack_model(
     model, mode: ServeWeights, gguf: Path | None = None, cache_dir: Path | None = None
 ) -> dict[str, GroupQuantized]:
-    """Module name -> int8 codes for each linear layer to decode quantized (empty: all float32).
+    """Module name -> quantized codes for each linear layer to decode quantized (empty: all float32).
 
     With ``cache_dir`` the codes read from ``gguf`` are kept there (parsing a GGUF's metadata takes
     seconds; the cached codes load in a fraction of that) and checked against the weights again."""
@@ -94,7 +94,7 @@ def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> di
         save_file(tensors, str(tmp))
         os.replace(tmp, path)  # atomic: concurrent servers each leave a complete file
     except OSError as exc:  # a read-only model folder: no cache
-        log.info("cannot cache int8 codes in %s: %s", cache_dir, exc)
+        log.info("cannot cache quantized codes in %s: %s", cache_dir, exc)
     return packed
 
 

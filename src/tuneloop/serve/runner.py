@@ -43,7 +43,7 @@ class ModelRunner:
 
     def __init__(self, model, n_slots: int, max_len: int, packed: dict[str, GroupQuantized] | None = None):
         self.hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-        #: int8 codes by module (id), for the layers that have them
+        #: quantized codes by module (id), for the layers that have them
         self.packed = {id(self.hf.get_submodule(name)): codes for name, codes in (packed or {}).items()}
         self.codes_max_rows = max_rows() if self.packed else 0
         self.core = self.hf.model
@@ -147,7 +147,7 @@ class ModelRunner:
         return self._project(self.hf.lm_head, self._add_norm(hidden, None, self.core.norm)).float()
 
     def _project(self, module, x: torch.Tensor) -> torch.Tensor:
-        """``module(x)`` without LoRA: from the int8 codes for few rows when the layer has them."""
+        """``module(x)`` without LoRA: from the quantized codes for few rows when the layer has them."""
         codes = self.packed.get(id(module))
         if codes is None or x.shape[0] > self.codes_max_rows:
             return _dense(x, module.weight, module.bias)
