@@ -82,3 +82,24 @@ def test_runner_decodes_like_generate_with_either_attention(tiny_model_dir, monk
             out.append(int(row.argmax()))
     assert tokens[0] == expected[0, len(ids) :].tolist()
     assert tokens[1] == greedy_runner(ModelRunner(model, 1, 256), 0, other, 12)
+
+
+@needs_kernels
+def test_a_short_prefill_through_the_kernel_matches_torch(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.serve import runner as runner_module
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompt = list(range(500, 540))
+
+    def prefill(short: int) -> tuple[torch.Tensor, torch.Tensor, ModelRunner]:
+        monkeypatch.setattr(runner_module, "SHORT_PREFILL", short)
+        runner = ModelRunner(model, 2, 128)
+        runner.prefill(1, prompt[:25], None)
+        return runner.prefill(1, prompt[25:], None), runner.k_cache[:, 1, :, :40].clone(), runner  # a cached prefix
+
+    kernel_logits, kernel_keys, _ = prefill(64)
+    torch_logits, torch_keys, _ = prefill(0)
+    assert torch.allclose(kernel_logits, torch_logits, atol=1e-4)
+    assert torch.allclose(kernel_keys, torch_keys, atol=1e-5)

@@ -189,7 +189,7 @@ def test_the_avx2_build_agrees_where_avx512_is_used(monkeypatch):
     assert expected[0] != expected[1]  # the adapter matters
     monkeypatch.setattr(native, "library", lambda: avx2)
     runner = ModelRunner(model, 1, 64)
-    assert runner._pointwise is avx2 and runner._lora_plan([adapter]).lib is avx2
+    assert runner._kernels is avx2 and runner._lora_plan([adapter]).lib is avx2
     assert [greedy_runner(ModelRunner(model, 1, 64), 0, ids, 8, a) for a in (None, adapter)] == expected
     attention = DecodeAttention(runner.k_cache, runner.v_cache, [0], [3], torch.ones(1, 16), torch.zeros(1, 16), 4)
     assert attention.lib is avx2

@@ -30,6 +30,8 @@ class DecodeAttention:
 
     ``k_cache``/``v_cache`` are [layers, slots, KV, capacity, D]; token ``b`` belongs to slot
     ``slots[b]`` and sits at position ``positions[b]`` (it attends to that many cached tokens and itself).
+    With the C kernel the tokens may also be a short prompt's, all in one slot at consecutive
+    positions (the torch path takes one token per slot).
     """
 
     def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: Sequence[int],

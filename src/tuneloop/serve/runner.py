@@ -35,6 +35,10 @@ from tuneloop.serve.quantized import GroupQuantized, max_rows
 #: Stacks of adapters kept for batches that mix several, in torch (each holds a copy of its adapters' factors).
 MAX_STACKS = 2
 
+#: Prompts up to this many tokens attend through the C kernel (one call per layer); longer ones
+#: through torch's scaled-dot-product attention, whose work grows better with the prompt.
+SHORT_PREFILL = 64
+
 LoraPlan = LoraRows | LoraGroups | StackedLora
 
 
@@ -61,8 +65,8 @@ class ModelRunner:
         self.lengths = [0] * n_slots
         self._stacks: collections.OrderedDict[tuple[int, ...], LoraStack] = collections.OrderedDict()
         on_cpu = self.device.type == "cpu" and self.dtype == torch.float32
-        #: the C kernels of a layer's norms and gating (None: torch does them)
-        self._pointwise = native.library() if on_cpu else None
+        #: the C kernels for short prefills' attention, norms and gating (None: torch does them)
+        self._kernels = native.library() if on_cpu else None
         self._silu = getattr(cfg, "hidden_act", None) in ("silu", "swish")
 
     # -- cache -----------------------------------------------------------------------------------
@@ -160,10 +164,14 @@ class ModelRunner:
         x = self.core.embed_tokens(tokens)
         cos, sin = self.core.rotary_emb(x[None], positions[None])
         cos, sin = cos[0], sin[0]  # [T, head_dim]
+        n = x.shape[0]
         if decode:
             attention = DecodeAttention(self.k_cache, self.v_cache, slots, starts, cos, sin, self.n_heads)
+        elif n <= SHORT_PREFILL and self._kernels is not None:  # the C kernel: token i sees the cache and 0..i
+            positions = list(range(starts[0], starts[0] + n))
+            attention = DecodeAttention(self.k_cache, self.v_cache, slots * n, positions, cos, sin, self.n_heads)
         else:
-            attention = self._prefill_attention(slots[0], starts[0], x.shape[0], cos, sin)
+            attention = self._prefill_attention(slots[0], starts[0], n, cos, sin)
         delta = None  # the last sublayer's output, added to x by the next norm
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -181,7 +189,7 @@ class ModelRunner:
 
     def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, norm) -> torch.Tensor:
         """``x += delta`` in place (the residual connection), then ``norm(x)``."""
-        lib = self._pointwise
+        lib = self._kernels
         if lib is None or not _is_rms_norm(norm) or not x.is_contiguous():
             if delta is not None:
                 x.add_(delta)
@@ -194,11 +202,11 @@ class ModelRunner:
 
     def _gated(self, mlp, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """``act_fn(gate) * up``, in one C call for SiLU."""
-        if self._pointwise is None or not self._silu:
+        if self._kernels is None or not self._silu:
             return mlp.act_fn(gate) * up
         out = torch.empty_like(gate)
         gate, up = gate.contiguous(), up.contiguous()
-        self._pointwise.tl_silu_mul(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.shape[0], gate.shape[1])
+        self._kernels.tl_silu_mul(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.shape[0], gate.shape[1])
         return out
 
     def _prefill_attention(self, slot: int, s0: int, n: int, cos: torch.Tensor, sin: torch.Tensor):

@@ -1,8 +1,9 @@
-/* Decode attention for the serving engine: one new token for each of B sequences, one layer.
+/* Attention of B new tokens over their KV caches, one layer: one token for each of B sequences
+ * (a decode step), or the tokens of a short prompt, all in one slot at consecutive positions.
  *
  * For token b (in KV-cache slot slots[b], at position pos[b]) and each key/value head h:
  *   1. rotate its key with RoPE (cos/sin of its position) and write key and value into the cache
- *      at pos[b];
+ *      at pos[b] (every token's, before any attention);
  *   2. for each of the H / KV query heads that share h: rotate the query, score it against the
  *      pos[b] + 1 cached keys, softmax, and sum the cached values with those weights.
  *
@@ -34,43 +35,50 @@ void tl_decode_attention(const float *q, const float *k, const float *v, const f
                          float *k_cache, float *v_cache, const int64_t *slots, const int64_t *pos, float *out,
                          int64_t B, int64_t H, int64_t KV, int64_t D, int64_t capacity, float scale) {
     const int64_t group = H / KV;
-#pragma omp parallel for schedule(static)
-    for (int64_t task = 0; task < B * KV; task++) {
-        const int64_t b = task / KV, h = task % KV, length = pos[b] + 1;
-        const float *c = cos + b * D, *s = sin + b * D;
-        float *keys = k_cache + (slots[b] * KV + h) * capacity * D;
-        float *values = v_cache + (slots[b] * KV + h) * capacity * D;
-        rope(k + task * D, c, s, keys + pos[b] * D, D);
-        memcpy(values + pos[b] * D, v + task * D, (size_t)D * sizeof(float));
-        float query[D], acc[D], scores[length];
-        for (int64_t g = 0; g < group; g++) {
-            const int64_t head = h * group + g;
-            rope(q + (b * H + head) * D, c, s, query, D);
-            float top = -INFINITY;
-            for (int64_t t = 0; t < length; t++) {
-                const float *key = keys + t * D;
-                float dot = 0.0f;
+#pragma omp parallel
+    {
+        /* every new key and value first (a short prefill's tokens share a slot and see each other's) */
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * KV; task++) {
+            const int64_t b = task / KV, h = task % KV, at = (slots[b] * KV + h) * capacity + pos[b];
+            rope(k + task * D, cos + b * D, sin + b * D, k_cache + at * D, D);
+            memcpy(v_cache + at * D, v + task * D, (size_t)D * sizeof(float));
+        }
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * KV; task++) {
+            const int64_t b = task / KV, h = task % KV, length = pos[b] + 1;
+            const float *keys = k_cache + (slots[b] * KV + h) * capacity * D;
+            const float *values = v_cache + (slots[b] * KV + h) * capacity * D;
+            float query[D], acc[D], scores[length];
+            for (int64_t g = 0; g < group; g++) {
+                const int64_t head = h * group + g;
+                rope(q + (b * H + head) * D, cos + b * D, sin + b * D, query, D);
+                float top = -INFINITY;
+                for (int64_t t = 0; t < length; t++) {
+                    const float *key = keys + t * D;
+                    float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                for (int64_t i = 0; i < D; i++) dot += query[i] * key[i];
-                scores[t] = dot * scale;
-                top = scores[t] > top ? scores[t] : top;
-            }
-            float total = 0.0f;
+                    for (int64_t i = 0; i < D; i++) dot += query[i] * key[i];
+                    scores[t] = dot * scale;
+                    top = scores[t] > top ? scores[t] : top;
+                }
+                float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-            for (int64_t t = 0; t < length; t++) {
-                scores[t] = exp_nonpositive(scores[t] - top);
-                total += scores[t];
-            }
-            memset(acc, 0, sizeof(acc));
-            for (int64_t t = 0; t < length; t++) {
-                const float *value = values + t * D, weight = scores[t];
+                for (int64_t t = 0; t < length; t++) {
+                    scores[t] = exp_nonpositive(scores[t] - top);
+                    total += scores[t];
+                }
+                memset(acc, 0, sizeof(acc));
+                for (int64_t t = 0; t < length; t++) {
+                    const float *value = values + t * D, weight = scores[t];
 #pragma omp simd
-                for (int64_t i = 0; i < D; i++) acc[i] += weight * value[i];
-            }
-            float *o = out + (b * H + head) * D;
-            const float inverse = 1.0f / total;
+                    for (int64_t i = 0; i < D; i++) acc[i] += weight * value[i];
+                }
+                float *o = out + (b * H + head) * D;
+                const float inverse = 1.0f / total;
 #pragma omp simd
-            for (int64_t i = 0; i < D; i++) o[i] = acc[i] * inverse;
+                for (int64_t i = 0; i < D; i++) o[i] = acc[i] * inverse;
+            }
         }
     }
 }
