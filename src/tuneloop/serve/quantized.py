@@ -39,6 +39,7 @@ class GroupQuantized:
             raise ValueError(f"codes {tuple(self.codes.shape)} and scale {tuple(self.scale.shape)} do not match")
         if self.offset is not None and self.offset.shape != self.scale.shape:
             raise ValueError("offset and scale shapes differ")
+        self._call: tuple | None = None  # the kernel and the codes' addresses, bound on first use
 
     @property
     def bits(self) -> int:
@@ -72,19 +73,28 @@ class GroupQuantized:
         return w.view(n, k)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [M, K] @ W.T`` in float32 with the C kernel."""
+        """``x [M, K] @ W.T`` in float32 with the C kernel (called ~200 times a step: kept lean)."""
+        if self._call is None:
+            self._call = self._bind()
+        kernel, q, s, o, n, k = self._call
+        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k:
+            raise ValueError(f"expected float32 [M, {k}], got {x.dtype} {tuple(x.shape)}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        kernel(q, s, o, x.data_ptr(), y.data_ptr(), x.shape[0], n, k)
+        return y
+
+    def _bind(self) -> tuple:
         lib = native.library()
         if lib is None:
             raise RuntimeError(f"the quantized kernel is not available: {native.error()}")
-        n, k = self.shape
-        x = x.contiguous()
-        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k:
-            raise ValueError(f"expected float32 [M, {k}], got {x.dtype} {tuple(x.shape)}")
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
-        offset = self.offset.data_ptr() if self.offset is not None else None
+        for t in (self.codes, self.scale, self.offset):
+            if t is not None and not t.is_contiguous():
+                raise ValueError("codes, scales and offsets must be contiguous")
         kernel = lib.tl_qmatmul4 if self.bits == 4 else lib.tl_qmatmul
-        kernel(self.codes.data_ptr(), self.scale.data_ptr(), offset, x.data_ptr(), y.data_ptr(), x.shape[0], n, k)
-        return y
+        offset = self.offset.data_ptr() if self.offset is not None else None
+        return (kernel, self.codes.data_ptr(), self.scale.data_ptr(), offset, *self.shape)
 
 
 def quantize_int8(weight: torch.Tensor) -> GroupQuantized:
