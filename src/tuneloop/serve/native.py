@@ -3,7 +3,7 @@
 * ``tl_qmatmul``, ``tl_qmatmul4`` (``qmatmul.c``): products with group-quantized weights, int8 or
   4-bit codes (``quantized``).
 * ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
-  decode step of many sequences (``attention``).
+  decode step of many sequences, or a short prompt (``attention``).
 * ``tl_lora`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
   different adapters (``lora_weights.LoraRows``).
 * ``tl_add_rmsnorm``, ``tl_silu_mul`` (``pointwise.c``): a layer's residual add + RMSNorm and its
