@@ -64,3 +64,14 @@ def greedy_runner(runner, slot: int, ids: list[int], n: int, adapter=None) -> li
         token = int(runner.decode([slot], [token], [adapter])[0].argmax())
         out.append(token)
     return out
+
+
+def greedy_batch(runner, prompts: list[list[int]], adapters: list, n: int) -> list[list[int]]:
+    """``n`` greedy tokens for each prompt, prefilled in slots 0, 1, ... and decoded together."""
+    outs = [[int(runner.prefill(slot, ids, adapter).argmax())] for slot, (ids, adapter) in
+            enumerate(zip(prompts, adapters, strict=True))]  # fmt: skip
+    for _ in range(n - 1):
+        logits = runner.decode(list(range(len(prompts))), [out[-1] for out in outs], adapters)
+        for out, row in zip(outs, logits, strict=True):
+            out.append(int(row.argmax()))
+    return outs

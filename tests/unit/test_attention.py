@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneloop.serve import attention as attention_module
 from tuneloop.serve import native
 from tuneloop.serve.attention import DecodeAttention
 from tuneloop.serve.runner import ModelRunner
 
-from helpers import greedy_runner
+from helpers import greedy_batch, greedy_runner
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
@@ -38,7 +37,7 @@ def step(slots: list[int], positions: list[int], seed: int = 1):
 def run(slots, positions, use_kernel: bool, seed: int = 0):
     k_cache, v_cache = caches(seed)
     q, k, v, cos, sin = step(slots, positions)
-    attention = DecodeAttention(k_cache, v_cache, slots, positions, cos, sin, HEADS)
+    attention = DecodeAttention(k_cache, v_cache, slots, positions, cos, sin, HEADS, native.library())
     out = attention(1, q, k, v) if use_kernel else attention.torch(1, q, k, v)
     return out, k_cache, v_cache
 
@@ -66,7 +65,7 @@ def test_runner_decodes_like_generate_with_either_attention(tiny_model_dir, monk
     from transformers import AutoModelForCausalLM
 
     if not use_kernel:
-        monkeypatch.setattr(attention_module.native, "library", lambda: None)
+        monkeypatch.setattr(native, "library", lambda: None)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     ids = list(range(300, 330))
     expected = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, min_new_tokens=12)
@@ -74,12 +73,7 @@ def test_runner_decodes_like_generate_with_either_attention(tiny_model_dir, monk
     assert greedy_runner(runner, 2, ids, 12) == expected[0, len(ids) :].tolist()
     # and in a batch with another sequence, each row as alone
     other = list(range(400, 410))
-    a, b = runner.prefill(0, ids, None).argmax(), runner.prefill(1, other, None).argmax()
-    tokens = [[int(a)], [int(b)]]
-    for _ in range(11):
-        logits = runner.decode([0, 1], [tokens[0][-1], tokens[1][-1]], [None, None])
-        for row, out in zip(logits, tokens, strict=True):
-            out.append(int(row.argmax()))
+    tokens = greedy_batch(runner, [ids, other], [None, None], 12)
     assert tokens[0] == expected[0, len(ids) :].tolist()
     assert tokens[1] == greedy_runner(ModelRunner(model, 1, 256), 0, other, 12)
 

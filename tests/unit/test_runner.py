@@ -9,7 +9,7 @@ from tuneloop.serve import native
 from tuneloop.serve.lora_weights import load_lora
 from tuneloop.serve.runner import ModelRunner
 
-from helpers import greedy_runner
+from helpers import greedy_batch, greedy_runner
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
@@ -60,14 +60,7 @@ def test_mixed_adapter_batch_matches_peft_and_solo_runs(tiny, tiny_model_dir, ad
     solo = [greedy_runner(ModelRunner(tiny, 1, 512), 0, p, 12, a) for p, a in zip(prompts, choice, strict=True)]
 
     runner = ModelRunner(tiny, 4, 512)
-    tokens = [int(runner.prefill(s, p, a).argmax()) for s, (p, a) in enumerate(zip(prompts, choice, strict=True))]
-    outs = [[t] for t in tokens]
-    for _ in range(11):
-        logits = runner.decode([0, 1, 2], tokens, choice)
-        tokens = [int(row.argmax()) for row in logits]
-        for out, t in zip(outs, tokens, strict=True):
-            out.append(t)
-    assert outs == solo  # the batch changes nothing
+    assert greedy_batch(runner, prompts, choice, 12) == solo  # the batch changes nothing
     assert bool(runner._stacks) is not kernels  # torch mixes adapters through stacked factors
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

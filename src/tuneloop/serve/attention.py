@@ -1,8 +1,8 @@
 """Attention of a decode step: one new token for each of many sequences, over their KV caches.
 
-``decode_attention`` runs one layer's RoPE, cache write and attention for the whole batch in a
+``DecodeAttention`` runs one layer's RoPE, cache write and attention for the whole batch in a
 single C call (``kernels/attention.c``) where the kernels are built, else in torch
-(``decode_attention_torch``). Both compute every sequence independently of the others.
+(``DecodeAttention.torch``). Both compute every sequence independently of the others.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from tuneloop.serve import native
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -30,18 +28,18 @@ class DecodeAttention:
 
     ``k_cache``/``v_cache`` are [layers, slots, KV, capacity, D]; token ``b`` belongs to slot
     ``slots[b]`` and sits at position ``positions[b]`` (it attends to that many cached tokens and itself).
-    With the C kernel the tokens may also be a short prompt's, all in one slot at consecutive
-    positions (the torch path takes one token per slot).
+    With the C kernel (``lib``, float32 caches on CPU) the tokens may also be a short prompt's, all
+    in one slot at consecutive positions; the torch path (``lib`` None) takes one token per slot.
     """
 
     def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: Sequence[int],
-                 positions: Sequence[int], cos: torch.Tensor, sin: torch.Tensor, n_heads: int):  # fmt: skip
+                 positions: Sequence[int], cos: torch.Tensor, sin: torch.Tensor, n_heads: int, lib):  # fmt: skip
         self.k_cache, self.v_cache, self.n_heads = k_cache, v_cache, n_heads
         self.n_kv, self.capacity, self.head_dim = k_cache.shape[2], k_cache.shape[3], k_cache.shape[4]
         self.slots = torch.tensor(slots, dtype=torch.long)
         self.positions = torch.tensor(positions, dtype=torch.long)
         self.cos, self.sin = cos.float().contiguous(), sin.float().contiguous()
-        self.lib = native.library() if k_cache.device.type == "cpu" and k_cache.dtype == torch.float32 else None
+        self.lib = lib  # the C kernels (``native.library()``), or None for torch
         self._layout: _TorchLayout | None = None  # for the torch path, made on its first layer
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

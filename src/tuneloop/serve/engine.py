@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tuneloop.serve.lora_weights import LoraAdapter
@@ -128,15 +129,12 @@ class Engine:
         self.closed = False
         # the runner (its KV cache) is made in the engine thread, which then runs every torch op of it
         self.runner: ModelRunner
-        ready: list[BaseException | None] = []
+        ready: Future[None] = Future()
         self.thread = threading.Thread(
             target=self._run, args=(model, max_batch, max_len, packed, ready), name="tuneloop-engine", daemon=True
         )
         self.thread.start()
-        with self.wakeup:
-            self.wakeup.wait_for(lambda: ready)
-        if ready[0] is not None:
-            raise ready[0]
+        ready.result()  # re-raises the runner's failure
 
     def submit(self, request: Request) -> None:
         """Queue a request; raises QueueFullError when the queue is full."""
@@ -163,20 +161,16 @@ class Engine:
             self.wakeup.notify()
         self.thread.join()
 
-    def _run(self, model, max_batch: int, max_len: int, packed, ready: list) -> None:
+    def _run(self, model, max_batch: int, max_len: int, packed, ready: Future) -> None:
         """The engine thread. All of the model's torch work runs on it: with OpenMP (torch's CPU
         threads) a second thread that keeps its own team of worker threads would make both teams
         wait passively between parallel regions, about halving the speed of every decode step."""
         try:
             self.runner = ModelRunner(model, max_batch, max_len, packed)
         except BaseException as exc:
-            with self.wakeup:
-                ready.append(exc)
-                self.wakeup.notify_all()
+            ready.set_exception(exc)
             return
-        with self.wakeup:
-            ready.append(None)
-            self.wakeup.notify_all()
+        ready.set_result(None)
         self._loop()
 
     def _loop(self) -> None:

@@ -55,9 +55,12 @@ def _padded(at: torch.Tensor, bt: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return at.contiguous(), bt.contiguous()
 
 
+_PROJECTION_INDEX = {name: i for i, name in enumerate(PROJECTIONS)}
+
+
 def entry(layer: int, projection: str) -> int:
     """A (layer, projection)'s row in ``LoraAdapter.table``."""
-    return layer * len(PROJECTIONS) + PROJECTIONS.index(projection)
+    return layer * len(PROJECTIONS) + _PROJECTION_INDEX[projection]
 
 
 def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> LoraAdapter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -138,21 +139,8 @@ def _in_passing_thread(work: Callable[[], T]) -> T:
     thread) would keep an OpenMP team alive beside the engine thread's and slow every decode step
     (see ``Engine._run``). A thread that ends takes its team with it.
     """
-    result: list = []
-
-    def target() -> None:
-        try:
-            result.append((True, work()))
-        except BaseException as exc:
-            result.append((False, exc))
-
-    thread = threading.Thread(target=target, name="tuneloop-load")
-    thread.start()
-    thread.join()
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-load") as pool:  # its thread ends on exit
+        return pool.submit(work).result()
 
 
 def _load_full(path: Path, entry, device: str):

@@ -65,9 +65,15 @@ class ModelRunner:
         self.lengths = [0] * n_slots
         self._stacks: collections.OrderedDict[tuple[int, ...], LoraStack] = collections.OrderedDict()
         on_cpu = self.device.type == "cpu" and self.dtype == torch.float32
-        #: the C kernels for short prefills' attention, norms and gating (None: torch does them)
+        #: the C kernels for attention, LoRA, norms and gating (None: torch does them)
         self._kernels = native.library() if on_cpu else None
-        self._silu = getattr(cfg, "hidden_act", None) in ("silu", "swish")
+        self._silu = self._kernels is not None and getattr(cfg, "hidden_act", None) in ("silu", "swish")
+        norms = [
+            self.core.norm,
+            *(m for layer in self.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)),
+        ]
+        #: the norms the kernel computes (Llama's RMSNorm in float32), by module id
+        self._fused_norms = {id(m) for m in norms if _is_rms_norm(m)} if self._kernels is not None else set()
 
     # -- cache -----------------------------------------------------------------------------------
     def _ensure_capacity(self, needed: int) -> None:
@@ -123,19 +129,18 @@ class ModelRunner:
         hidden = self._forward(tokens, positions, slots, starts, self._lora_plan(adapters), decode=True)
         for s in slots:
             self.lengths[s] += 1
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return self._logits(hidden).index_select(0, inverse.to(self.device))  # back in the caller's order
+        inverse = torch.tensor(order).argsort()  # back in the caller's order
+        return self._logits(hidden).index_select(0, inverse.to(self.device))
 
     def _lora_plan(self, adapters: Sequence[LoraAdapter | None]) -> LoraPlan | None:
         """How the rows of a batch sorted by adapter meet their adapters (None: no adapter)."""
         groups = _adapter_groups(adapters)
         if not groups:
             return None
-        lib = native.library() if self.device.type == "cpu" and self.dtype == torch.float32 else None
-        if lib is not None:  # the C kernel: one call per projection for every group
+        if self._kernels is not None:  # the C kernel: one call per projection for every group
             spans = [slice(0, len(adapters)) if rows is None else rows for _, rows in groups]
-            return LoraRows(lib, [adapter for adapter, _ in groups], [spans[0].start, *(r.stop for r in spans)])
+            starts = [spans[0].start, *(r.stop for r in spans)]
+            return LoraRows(self._kernels, [adapter for adapter, _ in groups], starts)
         if len(groups) < 2:
             return LoraGroups(groups)
         key = tuple(id(adapter) for adapter, _ in groups)
@@ -165,11 +170,12 @@ class ModelRunner:
         cos, sin = self.core.rotary_emb(x[None], positions[None])
         cos, sin = cos[0], sin[0]  # [T, head_dim]
         n = x.shape[0]
-        if decode:
-            attention = DecodeAttention(self.k_cache, self.v_cache, slots, starts, cos, sin, self.n_heads)
-        elif n <= SHORT_PREFILL and self._kernels is not None:  # the C kernel: token i sees the cache and 0..i
-            positions = list(range(starts[0], starts[0] + n))
-            attention = DecodeAttention(self.k_cache, self.v_cache, slots * n, positions, cos, sin, self.n_heads)
+        if decode or (n <= SHORT_PREFILL and self._kernels is not None):  # kernel: token i sees the cache, 0..i
+            positions = starts if decode else list(range(starts[0], starts[0] + n))
+            tokens_slots = slots if decode else slots * n
+            attention = DecodeAttention(
+                self.k_cache, self.v_cache, tokens_slots, positions, cos, sin, self.n_heads, self._kernels
+            )
         else:
             attention = self._prefill_attention(slots[0], starts[0], n, cos, sin)
         delta = None  # the last sublayer's output, added to x by the next norm
@@ -189,20 +195,19 @@ class ModelRunner:
 
     def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, norm) -> torch.Tensor:
         """``x += delta`` in place (the residual connection), then ``norm(x)``."""
-        lib = self._kernels
-        if lib is None or not _is_rms_norm(norm) or not x.is_contiguous():
+        if id(norm) not in self._fused_norms or not x.is_contiguous():
             if delta is not None:
                 x.add_(delta)
             return norm(x)
         out = torch.empty_like(x)
         delta = None if delta is None else delta.contiguous()
-        lib.tl_add_rmsnorm(x.data_ptr(), None if delta is None else delta.data_ptr(), norm.weight.data_ptr(),
+        self._kernels.tl_add_rmsnorm(x.data_ptr(), None if delta is None else delta.data_ptr(), norm.weight.data_ptr(),
                            norm.variance_epsilon, out.data_ptr(), x.shape[0], x.shape[1])  # fmt: skip
         return out
 
     def _gated(self, mlp, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """``act_fn(gate) * up``, in one C call for SiLU."""
-        if self._kernels is None or not self._silu:
+        if not self._silu:
             return mlp.act_fn(gate) * up
         out = torch.empty_like(gate)
         gate, up = gate.contiguous(), up.contiguous()
