@@ -49,6 +49,15 @@ class Settings(BaseSettings):
             "quantize every other linear layer to int8 per group of 32 (faster, slightly lossy)."
         ),
     )
+    serve_activations: Literal["auto", "float32", "int8"] = Field(
+        default="auto",
+        description=(
+            "What quantized layers multiply their codes with: int8 = activations rounded to int8 per block "
+            "of 32 (integer dot products, AVX-512 VNNI: 1.4x faster for one stream, 1.9x for 16; a small, "
+            "llama.cpp-like loss of precision); float32 = exact float32 activations; auto = int8 where the "
+            "CPU has the kernel, else float32."
+        ),
+    )
     num_threads: int | None = Field(
         default=None, description="CPU threads for torch; default: the number of available cores."
     )

@@ -74,7 +74,7 @@ def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
 
     settings = get_settings()
     started = time.perf_counter()
-    options = EngineOptions(max_batch=1, weights=settings.serve_weights)
+    options = EngineOptions(max_batch=1, weights=settings.serve_weights, activations=settings.serve_activations)
     pool = ModelPool(Catalog(settings), JobStore(make_engine(settings)), options)
     resolved = pool.resolve(model)
     engine, adapter = pool.acquire(resolved)

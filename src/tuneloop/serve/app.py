@@ -24,8 +24,9 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
     """Build the app; with ``run_worker`` the server also runs one job worker in a thread."""
     state = AppState.open(settings)
     options = EngineOptions(
-        settings.max_batch, settings.max_queued_requests, settings.max_adapters, weights=settings.serve_weights
-    )
+        settings.max_batch, settings.max_queued_requests, settings.max_adapters,
+        weights=settings.serve_weights, activations=settings.serve_activations,
+    )  # fmt: skip
     state.pool = ModelPool(state.catalog, state.jobs, options)
 
     @asynccontextmanager
@@ -66,6 +67,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "prompt_tokens": e.prompt_tokens,
                 "cached_prompt_tokens": e.cached_prompt_tokens,
                 "quantized_layers": len(e.runner.packed),  # linear layers decoded from quantized codes
+                "int8_activations": e.runner.int8_activations,  # whether they round activations to int8
             }
             for name, e in state.pool.engines().items()
         }

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tuneloop.serve.lora_weights import LoraAdapter
-from tuneloop.serve.quantized import GroupQuantized
+from tuneloop.serve.quantized import QuantizedWeight
 from tuneloop.serve.runner import ModelRunner
 from tuneloop.serve.sampling import Sampler, SamplingParams, TokenChoice
 
@@ -112,7 +112,7 @@ class Engine:
 
     def __init__(
         self, model, tokenizer, *, max_batch: int = 16, max_len: int = 2048, max_queue: int = 64,
-        packed: dict[str, GroupQuantized] | None = None,
+        packed: dict[str, QuantizedWeight] | None = None,
     ):  # fmt: skip
         self.tokenizer = tokenizer
         self.max_queue = max_queue

@@ -19,7 +19,7 @@ from tuneloop.errors import ModelNotFoundError
 from tuneloop.models import Catalog, load_model
 from tuneloop.serve.engine import Engine
 from tuneloop.serve.lora_weights import LoraAdapter, load_lora
-from tuneloop.serve.packed_weights import ServeWeights, pack_model
+from tuneloop.serve.packed_weights import ServeActivations, ServeWeights, pack_model
 from tuneloop.store.jobs import JobStore
 
 T = TypeVar("T")
@@ -44,6 +44,7 @@ class EngineOptions:
     max_adapters: int = 8
     max_len: int = 4096
     weights: ServeWeights = "auto"  # see Settings.serve_weights
+    activations: ServeActivations = "auto"  # see Settings.serve_activations
 
 
 class ModelPool:
@@ -110,7 +111,8 @@ class ModelPool:
         o = self.options
         # the GGUF's blocks are the base model's weights, no longer those of a full fine-tune
         gguf = entry.source if entry.source_kind == "gguf" and resolved.kind != "full" else None
-        packed = pack_model(model, o.weights, gguf, cache_dir=self.catalog.settings.home / "cache" / "int8-codes")
+        cache = self.catalog.settings.home / "cache" / "int8-codes"
+        packed = pack_model(model, o.weights, gguf, cache_dir=cache, activations=o.activations)
         return Engine(
             model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length),
             max_queue=o.max_queue, packed=packed,

@@ -2,6 +2,8 @@
 
 * ``tl_qmatmul``, ``tl_qmatmul4`` (``qmatmul.c``): products with group-quantized weights, int8 or
   4-bit codes (``quantized``).
+* ``tl_qmatmul_i8`` (``qmatmul_i8.c``, AVX-512 VNNI builds only): the same products with the
+  activations rounded to int8 (``quantized.Int8ActivationCodes``).
 * ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
   decode step of many sequences, or a short prompt (``attention``).
 * ``tl_lora`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
@@ -31,7 +33,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _KERNELS = Path(__file__).with_name("kernels")
-_SOURCES = [_KERNELS / name for name in ("qmatmul.c", "attention.c", "lora.c", "pointwise.c")]
+_SOURCES = [_KERNELS / name for name in ("qmatmul.c", "qmatmul_i8.c", "attention.c", "lora.c", "pointwise.c")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
@@ -47,6 +49,8 @@ _SIGNATURES = {
     "tl_add_rmsnorm": [_P, _P, _P, _F, _P, _I, _I],
     "tl_silu_mul": [_P, _P, _P, _I, _I],
 }
+#: kernels only some builds have (name -> argument types; they return an int status)
+_OPTIONAL = {"tl_qmatmul_i8": [_P] * 5 + [_I] * 5}
 
 
 def library() -> ctypes.CDLL | None:
@@ -84,8 +88,17 @@ def cpu_flags() -> set[str]:
 
 
 def lane_flags(flags: set[str]) -> list[str]:
-    """Compiler flags for the widest vectors a CPU has beyond AVX2 (16-float AVX-512 lanes)."""
-    return ["-mavx512f"] if "avx512f" in flags else []
+    """Compiler flags for the widest vectors a CPU has beyond AVX2 (16-float AVX-512 lanes), and for
+    its int8 dot products (AVX-512 VNNI) where it has them."""
+    if "avx512f" not in flags:
+        return []
+    vnni = ["-mavx512bw", "-mavx512vnni"] if {"avx512bw", "avx512_vnni"} <= flags else []
+    return ["-mavx512f", *vnni]
+
+
+def has(lib: ctypes.CDLL, name: str) -> bool:
+    """Whether a built library has an optional kernel (``tl_qmatmul_i8``: AVX-512 VNNI builds)."""
+    return hasattr(lib, name)
 
 
 def build(flags: set[str] | None = None) -> Path:
@@ -126,4 +139,8 @@ def load(path: Path) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         function = getattr(lib, name)
         function.argtypes, function.restype = argtypes, None
+    for name, argtypes in _OPTIONAL.items():
+        if hasattr(lib, name):
+            function = getattr(lib, name)
+            function.argtypes, function.restype = argtypes, ctypes.c_int
     return lib

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from tuneloop.serve import native
-from tuneloop.serve.quantized import GROUP, GroupQuantized, quantize_int8
+from tuneloop.serve.quantized import GROUP, GroupQuantized, Int8ActivationCodes, QuantizedWeight, quantize_int8
 
 log = logging.getLogger(__name__)
 
 ServeWeights = Literal["auto", "float32", "int8"]
+ServeActivations = Literal["auto", "float32", "int8"]
 
 #: GGUF tensor name (in block N) -> Hugging Face module path
 _BLOCK_TENSORS = {
@@ -39,14 +40,41 @@ _BLOCK_TENSORS = {
 
 
 def pack_model(
-    model, mode: ServeWeights, gguf: Path | None = None, cache_dir: Path | None = None
-) -> dict[str, GroupQuantized]:
+    model,
+    mode: ServeWeights,
+    gguf: Path | None = None,
+    cache_dir: Path | None = None,
+    activations: ServeActivations = "float32",
+) -> dict[str, QuantizedWeight]:
     """Module name -> quantized codes for each linear layer to decode quantized (empty: all float32).
 
     With ``cache_dir`` the codes read from ``gguf`` are kept there (parsing a GGUF's metadata takes
-    seconds; the cached codes load in a fraction of that) and checked against the weights again."""
+    seconds; the cached codes load in a fraction of that) and checked against the weights again.
+    ``activations`` int8 (or auto, where the CPU has AVX-512 VNNI) lays the codes out for products
+    with activations rounded to int8 (``Int8ActivationCodes``)."""
     if mode == "float32" or next(model.parameters()).device.type != "cpu" or not native.available():
         return {}
+    packed = _codes(model, mode, gguf, cache_dir)
+    if not packed or not int8_activations(activations):
+        return packed
+    return {name: Int8ActivationCodes.from_codes(codes) for name, codes in packed.items()}
+
+
+def int8_activations(activations: ServeActivations) -> bool:
+    """Whether quantized layers multiply int8-rounded activations (``int8``: required, ``auto``:
+    where this CPU has the kernel for it)."""
+    if activations == "float32":
+        return False
+    lib = native.library()
+    if lib is not None and native.has(lib, "tl_qmatmul_i8"):
+        return True
+    if activations == "int8":
+        raise RuntimeError("int8 activations need a CPU with AVX-512 VNNI (set activations to auto or float32)")
+    return False
+
+
+def _codes(model, mode: ServeWeights, gguf: Path | None, cache_dir: Path | None) -> dict[str, GroupQuantized]:
+    """The GGUF's own codes for the layers they reproduce, and in ``int8`` mode every other layer's."""
     linears = _linear_modules(model)
     packed = {}
     if gguf is not None:

@@ -6,7 +6,8 @@ adapter each slot uses: the base weights are read once per step for the whole ba
 adapter's low-rank update is applied only to its own rows. Works for Llama, SmolLM2, Qwen2 and
 Mistral (HF module weights are used as they are; nothing is copied). Layers given 8- or 4-bit
 codes (``packed``, see ``packed_weights``) run steps of up to ``quantized.max_rows()`` rows from
-the codes (as many as the kernel beats float32 for), longer prefills from the float32 weight.
+the codes (as many as the kernel beats float32 for), longer prefills from the float32 weight;
+the codes multiply float32 activations, or activations rounded to int8 (``Int8ActivationCodes``).
 On CPU the small operations of a layer run as C kernels (``native``): decode attention, LoRA
 updates, residual add + RMSNorm, SiLU gating; torch does them where the kernels are not built.
 """
@@ -30,7 +31,7 @@ from tuneloop.serve.lora_weights import (
     StackRows,
     stack_adapters,
 )
-from tuneloop.serve.quantized import GroupQuantized, max_rows
+from tuneloop.serve.quantized import Int8ActivationCodes, QuantizedWeight, max_rows
 
 #: Stacks of adapters kept for batches that mix several, in torch (each holds a copy of its adapters' factors).
 MAX_STACKS = 2
@@ -45,11 +46,13 @@ LoraPlan = LoraRows | LoraGroups | StackedLora
 class ModelRunner:
     """Owns the KV cache of ``n_slots`` sequences for one base model."""
 
-    def __init__(self, model, n_slots: int, max_len: int, packed: dict[str, GroupQuantized] | None = None):
+    def __init__(self, model, n_slots: int, max_len: int, packed: dict[str, QuantizedWeight] | None = None):
         self.hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         #: quantized codes by module (id), for the layers that have them
         self.packed = {id(self.hf.get_submodule(name)): codes for name, codes in (packed or {}).items()}
         self.codes_max_rows = max_rows() if self.packed else 0
+        #: whether the quantized layers round their inputs to int8 (``Int8ActivationCodes``)
+        self.int8_activations = any(isinstance(c, Int8ActivationCodes) for c in self.packed.values())
         self.core = self.hf.model
         cfg = self.hf.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads

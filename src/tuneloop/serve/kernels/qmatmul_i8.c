@@ -1,0 +1,161 @@
+/* Group-quantized matrix product with int8 activations (AVX-512 VNNI; absent from other builds).
+ *
+ * The same weights as ``qmatmul.c`` (W[n, k] = scale[n, g] * q[n, k] + offset[n, g], g = k / 32),
+ * multiplied by activations rounded to int8 per block of 32 inputs, as llama.cpp does on CPU:
+ *
+ *     x[m, k] ~ d[m, g] * xq[m, k],  d = max|x[m, block]| / 127,  xq = round(x / d)
+ *     y[m, n] = sum_g d[m, g] * (scale[n, g] * A + offset[n, g] * X),
+ *     A = sum_{k in g} (q[n, k] - zero) * xq[m, k] (exact, int32),  X = sum_{k in g} xq[m, k]
+ *
+ * ``vpdpbusd`` multiplies 64 unsigned code bytes by 64 signed activation bytes per instruction, four
+ * times the products of a float32 FMA, so a step of many rows costs far fewer instructions than
+ * with float32 activations. Codes are unsigned: 4-bit codes 0..15, 8-bit codes stored + 128 with
+ * ``zero`` = 128 (``zero`` = 8 also turns Q4_0's ``s * (q - 8)`` into an integer correction).
+ *
+ * Layout (``quantized.Int8ActivationCodes``): output rows in blocks of 16, one int32 lane each.
+ * For block b and group g, 64-byte chunks whose byte 4 i + j is row 16 b + i's code for input
+ * j of the chunk's 4 inputs: 8-bit, chunk c holds inputs 4c..4c+3 of the group; 4-bit, chunk c
+ * holds inputs 8c..8c+3 in its low nibbles and 8c+4..8c+7 in its high ones. Scales and offsets
+ * are [blocks, groups, 16]. Every y[m, n] is computed by the same operations in the same order
+ * whatever M is, so a sequence's result never depends on the batch it is computed in.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define GROUP 32
+#define LANES 16
+
+/* Round each row of x [M, K] to int8 per block of 32: codes xq, and per (row, block) d, d * X and
+ * -zero * X (the integer correction the dot product starts from). */
+static void quantize_rows(const float *x, int64_t M, int64_t K, int32_t zero, int8_t *xq, float *d, float *dx,
+                          int32_t *start) {
+    const int64_t G = K / GROUP;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            const float *p = x + m * K + g * GROUP;
+            const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+            const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+            const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));  /* nearest, ties to even */
+            const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
+            _mm_storeu_si128((__m128i *)(xq + m * K + g * GROUP), _mm512_cvtsepi32_epi8(qa));
+            _mm_storeu_si128((__m128i *)(xq + m * K + g * GROUP + 16), _mm512_cvtsepi32_epi8(qb));
+            const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+            d[m * G + g] = amax / 127.0f;
+            dx[m * G + g] = amax / 127.0f * (float)sum;
+            start[m * G + g] = -zero * sum;
+        }
+}
+
+/* One group's codes for a block of 16 rows, as 8 vectors of 16 lanes x 4 consecutive inputs. */
+static inline void codes8(const uint8_t *w, __m512i *v) { /* 512 bytes */
+    for (int c = 0; c < 8; c++) v[c] = _mm512_loadu_si512(w + 64 * c);
+}
+
+static inline void codes4(const uint8_t *w, __m512i *v) { /* 256 bytes */
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    for (int c = 0; c < 4; c++) {
+        const __m512i bytes = _mm512_loadu_si512(w + 64 * c);
+        v[2 * c] = _mm512_and_si512(bytes, mask);
+        v[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), mask);
+    }
+}
+
+static inline int32_t four_bytes(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* MB rows of x times one block of 16 output rows, over all K inputs. */
+#define TILE(MB, BITS)                                                                               \
+    static inline void tile_##MB##_##BITS(const uint8_t *w, const float *s, const float *o,          \
+                                          const int8_t *xq, const float *d, const float *dx,         \
+                                          const int32_t *start, float *y, int64_t N, int64_t K,      \
+                                          __mmask16 valid, const uint8_t *next) {                     \
+        const int64_t G = K / GROUP;                                                                 \
+        __m512 acc[MB];                                                                              \
+        for (int r = 0; r < MB; r++) acc[r] = _mm512_setzero_ps();                                   \
+        for (int64_t g = 0; g < G; g++) {                                                            \
+            __m512i v[8];                                                                            \
+            codes##BITS(w + g * (LANES * GROUP * BITS / 8), v);                                      \
+            if (next)                                                                                \
+                for (int l = 0; l < LANES * GROUP * BITS / 8; l += 64)                               \
+                    _mm_prefetch((const char *)next + g * (LANES * GROUP * BITS / 8) + l, _MM_HINT_T0); \
+            const __m512 sg = _mm512_loadu_ps(s + g * LANES);                                        \
+            const __m512 og = o ? _mm512_loadu_ps(o + g * LANES) : _mm512_setzero_ps();              \
+            for (int r = 0; r < MB; r++) {                                                           \
+                const int8_t *xg = xq + r * K + g * GROUP;                                           \
+                __m512i dot = _mm512_set1_epi32(start[r * G + g]);                                   \
+                for (int c = 0; c < 8; c++) dot = _mm512_dpbusd_epi32(dot, v[c], _mm512_set1_epi32(four_bytes(xg + 4 * c))); \
+                const __m512 sd = _mm512_mul_ps(sg, _mm512_set1_ps(d[r * G + g]));                   \
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sd, acc[r]);                       \
+                if (o) acc[r] = _mm512_fmadd_ps(og, _mm512_set1_ps(dx[r * G + g]), acc[r]);          \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < MB; r++) _mm512_mask_storeu_ps(y + r * N, valid, acc[r]);                \
+    }
+
+#define TILES(BITS) TILE(8, BITS) TILE(4, BITS) TILE(2, BITS) TILE(1, BITS)
+TILES(8)
+TILES(4)
+
+/* Scratch for the rounded activations, kept per calling thread and grown as needed. */
+static _Thread_local void *scratch;
+static _Thread_local size_t scratch_bytes;
+
+static void *scratch_of(size_t bytes) {
+    if (bytes > scratch_bytes) {
+        free(scratch);
+        scratch = malloc(bytes);
+        scratch_bytes = scratch ? bytes : 0;
+    }
+    return scratch;
+}
+
+/* y [M, N] = x [M, K] @ W.T with x rounded to int8 per block of 32; offset may be NULL.
+ * Returns 0, or -1 when the scratch cannot be allocated. OpenMP over blocks of 16 output rows. */
+int tl_qmatmul_i8(const uint8_t *codes, const float *scale, const float *offset, const float *x, float *y,
+                  int64_t M, int64_t N, int64_t K, int64_t bits, int64_t zero) {
+    const int64_t G = K / GROUP, blocks = (N + LANES - 1) / LANES;
+    char *buffer = scratch_of((size_t)(M * K + 3 * 4 * M * G));
+    if (buffer == NULL) return -1;
+    int8_t *xq = (int8_t *)buffer;
+    float *d = (float *)(buffer + M * K), *dx = d + M * G;
+    int32_t *start = (int32_t *)(dx + M * G);
+    quantize_rows(x, M, K, (int32_t)zero, xq, d, dx, start);
+    const int64_t block_bytes = G * LANES * GROUP * bits / 8;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n = b * LANES, rows = N - n < LANES ? N - n : LANES;
+        const __mmask16 valid = (__mmask16)((1u << rows) - 1u);
+        const uint8_t *w = codes + b * block_bytes;
+        const float *s = scale + b * G * LANES, *o = offset ? offset + b * G * LANES : 0;
+        for (int64_t m = 0; m < M;) {
+            const int64_t left = M - m, mb = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const int8_t *xm = xq + m * K;
+            const float *dm = d + m * G, *dxm = dx + m * G;
+            const int32_t *sm = start + m * G;
+            float *ym = y + m * N + n;
+            /* the first tile of rows fetches the next block's codes while it computes */
+            const uint8_t *next = m == 0 && b + 1 < blocks ? w + block_bytes : 0;
+            if (bits == 4) {
+                if (mb == 8) tile_8_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else if (mb == 4) tile_4_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else if (mb == 2) tile_2_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else tile_1_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+            } else {
+                if (mb == 8) tile_8_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else if (mb == 4) tile_4_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else if (mb == 2) tile_2_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else tile_1_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+            }
+            m += mb;
+        }
+    }
+    return 0;
+}
+#endif

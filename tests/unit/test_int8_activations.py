@@ -1,0 +1,117 @@
+"""Products with int8 activations (``qmatmul_i8.c``): the kernel's numbers against a reference that
+rounds the activations the same way, batch invariance, and the runner and settings that use it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneloop.serve import native, packed_weights
+from tuneloop.serve.packed_weights import int8_activations, pack_model
+from tuneloop.serve.quantized import GroupQuantized, Int8ActivationCodes, round_activations
+from tuneloop.serve.runner import ModelRunner
+
+from helpers import greedy_batch, greedy_runner
+
+HAS_KERNEL = native.available() and native.has(native.library(), "tl_qmatmul_i8")
+pytestmark = pytest.mark.skipif(not HAS_KERNEL, reason="no AVX-512 VNNI int8 kernel on this CPU")
+
+
+def random_weight(n: int, k: int, kind: str, seed: int = 0) -> GroupQuantized:
+    """A Q4_1-like (4-bit, own offsets), Q4_0-like (4-bit, offset -8 scale) or Q8_0-like weight."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n, k // 32, generator=g) * 0.1
+    if kind == "q8":
+        return GroupQuantized(torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8), scale, None)
+    packed = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+    offset = -8.0 * scale if kind == "q4_0" else -torch.rand(n, k // 32, generator=g)
+    return GroupQuantized(packed, scale, offset)
+
+
+def reference(weight: GroupQuantized, x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded as the kernel rounds it, times the dequantized weight, in float64."""
+    codes, scale = round_activations(x)
+    m, k = x.shape
+    rounded = (codes.view(m, k // 32, 32) * scale[:, :, None]).view(m, k)
+    return rounded.double() @ weight.dequantize().double().T
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q4_0", "q8"])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+def test_kernel_matches_the_rounded_product(kind, rows):
+    weight = random_weight(37, 96, kind)  # 37 outputs: a block of 16 rows that is only partly used
+    codes = Int8ActivationCodes.from_codes(weight)
+    assert codes.zero == {"q4_1": 0, "q4_0": 8, "q8": 128}[kind]
+    assert (codes.offset is None) == (kind != "q4_1")  # Q4_0's offset became the integer zero point
+    x = torch.randn(rows, 96) * torch.logspace(-2, 1, 96)  # blocks of very different magnitudes
+    expected = reference(weight, x)
+    assert torch.allclose(codes.matmul(x).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
+def test_rounding_stays_close_to_float32():
+    weight = random_weight(64, 128, "q4_1", seed=3)
+    x = torch.randn(5, 128)
+    exact = x.double() @ weight.dequantize().double().T
+    error = (Int8ActivationCodes.from_codes(weight).matmul(x).double() - exact).norm() / exact.norm()
+    assert 1e-6 < error < 1e-2  # lossy, by about a percent of a percent
+
+
+def test_rounding_reference_matches_gguf_q8_rule():
+    x = torch.tensor([[0.5, -1.0, 0.25, 2.0] + [0.0] * 28, [0.0] * 32])
+    codes, scale = round_activations(x)
+    assert torch.equal(scale, torch.tensor([[2.0], [0.0]]) / 127)
+    assert codes[0, :4].tolist() == [32.0, -64.0, 16.0, 127.0] and not codes[1].any()  # 31.75 -> 32
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8"])
+def test_a_row_gives_the_same_bits_in_any_batch(kind):
+    codes = Int8ActivationCodes.from_codes(random_weight(64, 128, kind, seed=1))
+    x = torch.randn(19, 128)  # tiles of 8, 8, 2 and 1 rows
+    together = codes.matmul(x)
+    for i in range(19):
+        assert torch.equal(codes.matmul(x[i : i + 1])[0], together[i])
+    assert torch.equal(codes.matmul(x[5:12]), together[5:12])
+
+
+def test_bad_input_is_refused():
+    codes = Int8ActivationCodes.from_codes(random_weight(16, 64, "q8"))
+    with pytest.raises(ValueError):
+        codes.matmul(torch.randn(2, 32))
+    with pytest.raises(ValueError):
+        codes.matmul(torch.randn(2, 64, dtype=torch.float64))
+
+
+def test_settings_decide_the_activations(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert all(isinstance(c, GroupQuantized) for c in pack_model(model, "int8", activations="float32").values())
+    packed = pack_model(model, "int8", activations="auto")
+    assert len(packed) == 7 * len(model.model.layers) + 1
+    assert all(isinstance(c, Int8ActivationCodes) for c in packed.values())
+    assert ModelRunner(model, 1, 64, packed).int8_activations
+    monkeypatch.setattr(packed_weights.native, "has", lambda lib, name: False)  # a CPU without VNNI
+    assert not int8_activations("auto")
+    with pytest.raises(RuntimeError, match="VNNI"):
+        int8_activations("int8")
+
+
+def test_runner_decodes_batches_as_solo_runs_and_close_to_float32(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    packed = pack_model(model, "int8", activations="int8")
+    prompts = [list(range(300, 320)), list(range(400, 425)), list(range(500, 512))]
+    solo = [greedy_runner(ModelRunner(model, 1, 256, packed), 0, p, 10) for p in prompts]
+    assert greedy_batch(ModelRunner(model, 3, 256, packed), prompts, [None] * 3, 10) == solo
+    # the logits stay close to float32 activations' on the same codes
+    exact = ModelRunner(model, 1, 256, pack_model(model, "int8", activations="float32"))
+    rounded = ModelRunner(model, 1, 256, packed)
+    a, b = exact.prefill(0, prompts[0], None), rounded.prefill(0, prompts[0], None)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05 * a.abs().max())
+
+
+def test_builds_without_vnni_have_no_int8_kernel():
+    flags = native.cpu_flags()
+    assert not native.has(native.load(native.build(flags - {"avx512_vnni"})), "tl_qmatmul_i8")
+    assert not native.has(native.load(native.build(flags - {"avx512f"})), "tl_qmatmul_i8")
