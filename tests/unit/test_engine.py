@@ -136,3 +136,27 @@ def test_close_with_cancel_ends_running_and_waiting_requests(tiny):
     engine.close(cancel=True)
     assert all(done.wait(10) for done in runs) and finished == ["cancelled", "cancelled"]
     assert not engine.thread.is_alive()
+
+
+def test_short_prompts_join_the_decode_step_and_change_nothing(tiny):
+    from tuneloop.serve import native
+    from tuneloop.serve.packed_weights import pack_model
+
+    if not native.available():
+        pytest.skip("prompts join decode steps only with the C kernels")
+    packed = pack_model(tiny[0], "int8", activations="auto")
+    prompts = [list(range(10, 30)), list(range(40, 52)), list(range(100, 200)), list(range(60, 66))]
+
+    def run(batch: list[list[int]], max_batch: int) -> tuple[list[list[int]], int]:
+        engine = Engine(*tiny, max_batch=max_batch, max_len=512, packed=packed)
+        passes = []
+        prefill = engine.runner.prefill
+        engine.runner.prefill = lambda *args: passes.append(1) or prefill(*args)
+        try:
+            return generate(engine, tiny[1], batch), len(passes)
+        finally:
+            engine.close()
+
+    together, passes = run(prompts, 4)
+    assert passes == 1  # only the 100-token prompt had a pass of its own
+    assert together == [run([p], 1)[0][0] for p in prompts]

@@ -127,3 +127,43 @@ def test_the_lora_kernel_gives_a_row_the_same_bits_in_any_batch():
         alone = torch.zeros(1, 100)
         lora_plan("kernel", [adapter], [slice(0, 1)]).add(alone, x[row : row + 1], 0, "q_proj")
         assert torch.equal(alone[0], together[row])
+
+
+@needs_kernels
+@pytest.mark.parametrize("activations", ["float32", "int8"])
+def test_prompts_joining_a_decode_step_change_no_row(tiny, adapters, activations):
+    from tuneloop.serve.packed_weights import int8_activations, pack_model
+
+    if activations == "int8" and not int8_activations("auto"):
+        pytest.skip("no int8-activation kernel on this CPU")
+    packed = pack_model(tiny, "int8", activations=activations)  # every projection from codes
+    loaded = [load_lora(f"a{i}", path) for i, path in enumerate(adapters)]
+    running = [(list(range(300, 320)), loaded[0]), (list(range(400, 425)), None)]
+    joining = [(list(range(500, 512)), loaded[1]), (list(range(600, 640)), loaded[0])]
+
+    def alone(ids, adapter):  # the prompt, then one decode step, in a runner of its own
+        runner = ModelRunner(tiny, 1, 256, packed)
+        first = runner.prefill(0, ids, adapter)
+        return first, runner.decode([0], [int(first.argmax())], [adapter])[0]
+
+    runner = ModelRunner(tiny, 4, 256, packed)
+    assert runner.joins_prompts and not ModelRunner(tiny, 1, 256).joins_prompts  # float32 weights: MKL
+    firsts = [runner.prefill(slot, ids, a) for slot, (ids, a) in enumerate(running)]
+    # one step: the running sequences' next tokens and the joining prompts, adapters mixed
+    step = runner.step([0, 2, 1, 3], [[int(firsts[0].argmax())], joining[0][0], [int(firsts[1].argmax())],
+                                      joining[1][0]], [loaded[0], loaded[1], None, loaded[0]])  # fmt: skip
+    expected = [alone(*running[0])[1], alone(*joining[0])[0], alone(*running[1])[1], alone(*joining[1])[0]]
+    for got, want in zip(step, expected, strict=True):
+        assert torch.equal(got, want)
+    assert runner.lengths[:4] == [21, 26, 12, 40]
+    # the joined prompts decode on as if prefilled alone
+    after = runner.decode([2, 3], [int(step[1].argmax()), int(step[3].argmax())], [loaded[1], loaded[0]])
+    assert torch.equal(after[0], alone(*joining[0])[1]) and torch.equal(after[1], alone(*joining[1])[1])
+
+
+def test_a_step_refuses_prompt_tails_it_cannot_join(tiny):
+    runner = ModelRunner(tiny, 2, 256)  # float32 weights: prompts get passes of their own
+    with pytest.raises(ValueError, match="one token per sequence"):
+        runner.step([0, 1], [[5], [6, 7]], [None, None])
+    runner.step([0, 1], [[5], [6]], [None, None])
+    assert runner.lengths[:2] == [1, 1]

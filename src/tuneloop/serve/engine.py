@@ -1,9 +1,11 @@
 """The generation engine: continuous batching of many requests (and LoRA adapters) on one base model.
 
 A background thread owns the model. Between decode steps it admits waiting requests (each gets a
-KV-cache slot and a prefill pass), then advances every active request by one token in a single
-batched forward pass; finished or cancelled requests leave at once. Greedy results do not depend
-on the batch: prefill runs per request and decode rows are computed independently.
+KV-cache slot), then advances every active request by one token in a single batched forward pass;
+finished or cancelled requests leave at once. Where the runner can (``ModelRunner.joins_prompts``),
+the new requests' prompt tails of up to 64 tokens ride in that same pass, so the weights are read
+once for all of them; longer prompts get a prefill pass of their own. Greedy results do not depend
+on the batch: every row is computed as it would be alone.
 
 Prefix caching: a slot keeps the tokens whose keys and values it holds after its request ends.
 A new request takes the slot (or copies the prefix of the slot) that shares the longest prefix
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from tuneloop.serve.lora_weights import LoraAdapter
 from tuneloop.serve.quantized import QuantizedWeight
-from tuneloop.serve.runner import ModelRunner
+from tuneloop.serve.runner import SHORT_PREFILL, ModelRunner
 from tuneloop.serve.sampling import Sampler, SamplingParams, TokenChoice
 
 log = logging.getLogger(__name__)
@@ -181,32 +183,56 @@ class Engine:
                 if self.closed and not self.waiting and not self.active:
                     return
                 admitted = [self.waiting.popleft() for _ in range(min(len(self.waiting), len(self.free_slots)))]
+            joining: list[tuple[Request, list[int]]] = []  # new requests and the prompt tails of this step
+            rows = len(self.active)
             for request in admitted:
                 try:
-                    self._prefill(request)
+                    tail = self._admit(request)
+                    if tail is None:
+                        continue
+                    if self._can_join(tail, rows):
+                        joining.append((request, tail))
+                        rows += len(tail)
+                    else:
+                        self._prefill(request, tail)
                 except Exception as exc:  # a request that fails alone fails alone
                     log.exception("prefill failed")
                     self._finish(request, "error", str(exc))
             self._drop_cancelled()
             try:
-                if self.active:
-                    self._decode_step()
+                if self.active or joining:
+                    self._step(joining)
             except Exception as exc:  # never let one bad batch kill the engine
                 log.exception("decode step failed")
-                for request in list(self.active):
+                for request in [*self.active, *(r for r, _ in joining)]:
                     self._finish(request, "error", str(exc))
 
-    def _prefill(self, request: Request) -> None:
+    def _can_join(self, tail: list[int], rows: int) -> bool:
+        """Whether a prompt tail can ride in this step, which has ``rows`` rows so far."""
+        runner = self.runner
+        return runner.joins_prompts and len(tail) <= SHORT_PREFILL and rows + len(tail) <= runner.codes_max_rows
+
+    def _admit(self, request: Request) -> list[int] | None:
+        """Give a new request its slot; return the prompt tokens left to compute (None: cancelled)."""
         if request.cancelled.is_set():
-            return self._finish(request, "cancelled")
+            self._finish(request, "cancelled")
+            return None
         reused = request.cached_tokens = self._take_slot(request)
-        prompt = request.prompt_ids
-        started = time.perf_counter()
-        logits = self.runner.prefill(request.slot, prompt[reused:], request.adapter)
-        self.prefill_seconds += time.perf_counter() - started
-        self.cached[request.slot] = (_adapter_name(request.adapter), list(prompt))
-        self.prompt_tokens += len(prompt)
+        self.cached[request.slot] = (_adapter_name(request.adapter), list(request.prompt_ids[:reused]))
+        self.prompt_tokens += len(request.prompt_ids)
         self.cached_prompt_tokens += reused
+        return request.prompt_ids[reused:]
+
+    def _prefill(self, request: Request, tail: list[int]) -> None:
+        """A pass of its own for a prompt tail too long to join a step."""
+        started = time.perf_counter()
+        logits = self.runner.prefill(request.slot, tail, request.adapter)
+        self.prefill_seconds += time.perf_counter() - started
+        self._started(request, logits)
+
+    def _started(self, request: Request, logits) -> None:
+        """A request whose whole prompt is computed: it decodes from here on."""
+        self.cached[request.slot][1][:] = request.prompt_ids
         self.active.append(request)
         self._accept(request, request.sampler.choose(logits))
 
@@ -230,16 +256,23 @@ class Engine:
         self.runner.start(slot, cached=reuse, source=best)
         return reuse
 
-    def _decode_step(self) -> None:
+    def _step(self, joining: list[tuple[Request, list[int]]]) -> None:
+        """One forward pass: a token for every active request, and the joining requests' prompt tails."""
         batch = list(self.active)
-        for r in batch:
-            self.cached[r.slot][1].append(r.last_token)  # its keys/values are written by this step
+        requests = [*batch, *(r for r, _ in joining)]
+        tokens = [[r.last_token] for r in batch] + [tail for _, tail in joining]
         started = time.perf_counter()
-        logits = self.runner.decode([r.slot for r in batch], [r.last_token for r in batch], [r.adapter for r in batch])
-        self.decode_seconds += time.perf_counter() - started
-        self.steps += 1
-        for request, row in zip(batch, logits, strict=True):
+        logits = self.runner.step([r.slot for r in requests], tokens, [r.adapter for r in requests])
+        elapsed = time.perf_counter() - started
+        prompt_share = sum(len(tail) for _, tail in joining) / sum(map(len, tokens))
+        self.prefill_seconds += elapsed * prompt_share
+        self.decode_seconds += elapsed * (1 - prompt_share)
+        self.steps += bool(batch)
+        for request, row in zip(batch, logits[: len(batch)], strict=True):
+            self.cached[request.slot][1].append(request.last_token)  # its keys/values were written by this step
             self._accept(request, request.sampler.choose(row))
+        for (request, _), row in zip(joining, logits[len(batch) :], strict=True):
+            self._started(request, row)
 
     def _accept(self, request: Request, choice: TokenChoice) -> None:
         if choice.token in request.sampler.eos_ids:

@@ -52,6 +52,8 @@ class ModelRunner:
         self.packed = {id(self.hf.get_submodule(name)): codes for name, codes in (packed or {}).items()}
         self.codes_max_rows = max_rows() if self.packed else 0
         #: whether the quantized layers round their inputs to int8 (``Int8ActivationCodes``)
+        linears = [self.hf.lm_head, *(m for layer in self.hf.model.layers for m in _projections(layer))]
+        self._all_packed = all(id(m) in self.packed for m in linears)
         self.int8_activations = any(isinstance(c, Int8ActivationCodes) for c in self.packed.values())
         self.core = self.hf.model
         cfg = self.hf.config
@@ -113,25 +115,54 @@ class ModelRunner:
         n = len(token_ids)
         self._ensure_capacity(start + n)
         tokens = torch.tensor(token_ids, device=self.device)
-        positions = torch.arange(start, start + n, device=self.device)
-        hidden = self._forward(tokens, positions, [slot], [start], self._lora_plan([adapter] * n), decode=False)
+        positions = list(range(start, start + n))
+        hidden = self._forward(tokens, [slot] * n, positions, self._lora_plan([adapter] * n))
         self.lengths[slot] = start + n
         return self._logits(hidden[-1:])[0]
 
     @torch.inference_mode()
     def decode(self, slots: Sequence[int], token_ids: Sequence[int], adapters: Sequence[LoraAdapter | None]):
         """Advance each slot by its one new token in a single batch; return logits [len(slots), vocab]."""
+        return self.step(slots, [[t] for t in token_ids], adapters)
+
+    @property
+    def joins_prompts(self) -> bool:
+        """Whether ``step`` takes prompt tails beside decode rows: with the C kernels and every
+        projection decoded from codes, whose kernels compute a row alike in any batch of up to
+        ``codes_max_rows`` rows (MKL's float32 products may not)."""
+        return self._kernels is not None and self._all_packed
+
+    @torch.inference_mode()
+    def step(
+        self, slots: Sequence[int], token_ids: Sequence[Sequence[int]], adapters: Sequence[LoraAdapter | None]
+    ) -> torch.Tensor:
+        """Advance each slot by its new tokens in one forward pass: one token for a sequence being
+        decoded, or the tail of a new prompt (up to ``SHORT_PREFILL`` tokens, ``joins_prompts`` only);
+        return each slot's last-token logits [len(slots), vocab].
+
+        Every token's row is computed as it would be alone, so joining prompts to a decode step
+        changes no result, and saves a pass over the weights for each prompt."""
+        if any(len(ids) != 1 for ids in token_ids) and not (
+            self.joins_prompts and all(0 < len(ids) <= SHORT_PREFILL for ids in token_ids)
+        ):
+            raise ValueError(f"a step takes one token per sequence, or prompt tails of 1..{SHORT_PREFILL} tokens")
         # rows sorted by adapter, so that every adapter's rows are one contiguous slice
         order = sorted(range(len(slots)), key=lambda i: "" if adapters[i] is None else adapters[i].name)
-        slots = [slots[i] for i in order]
-        adapters = [adapters[i] for i in order]
-        starts = [self.lengths[s] for s in slots]
-        self._ensure_capacity(max(starts) + 1)
-        tokens = torch.tensor([token_ids[i] for i in order], device=self.device)
-        positions = torch.tensor(starts, device=self.device)
-        hidden = self._forward(tokens, positions, slots, starts, self._lora_plan(adapters), decode=True)
-        for s in slots:
-            self.lengths[s] += 1
+        tokens, row_slots, positions, row_adapters, last = [], [], [], [], []
+        for i in order:
+            ids, start = token_ids[i], self.lengths[slots[i]]
+            tokens += ids
+            row_slots += [slots[i]] * len(ids)
+            positions += range(start, start + len(ids))
+            row_adapters += [adapters[i]] * len(ids)
+            last.append(len(tokens) - 1)
+        self._ensure_capacity(max(positions) + 1)
+        hidden = self._forward(torch.tensor(tokens, device=self.device), row_slots, positions,
+                               self._lora_plan(row_adapters))  # fmt: skip
+        for slot, ids in zip(slots, token_ids, strict=True):
+            self.lengths[slot] += len(ids)
+        if len(last) < len(tokens):
+            hidden = hidden.index_select(0, torch.tensor(last, device=self.device))
         inverse = torch.tensor(order).argsort()  # back in the caller's order
         return self._logits(hidden).index_select(0, inverse.to(self.device))
 
@@ -166,21 +197,19 @@ class ModelRunner:
         y = codes.matmul(x)
         return y if module.bias is None else y + module.bias
 
-    def _forward(self, tokens, positions, slots, starts, lora: LoraPlan | None, decode: bool) -> torch.Tensor:
-        """Hidden states [T, H] of T new tokens: one sequence's tokens from ``starts[0]`` (prefill), or
-        one token for each of many slots (decode)."""
+    def _forward(self, tokens, slots: list[int], positions: list[int], lora: LoraPlan | None) -> torch.Tensor:
+        """Hidden states [T, H] of T new tokens, token i in slot ``slots[i]`` at ``positions[i]``:
+        one token for each of many slots (decode), a prompt's tokens in one slot, or both."""
         x = self.core.embed_tokens(tokens)
-        cos, sin = self.core.rotary_emb(x[None], positions[None])
+        position_ids = torch.tensor(positions, device=self.device)
+        cos, sin = self.core.rotary_emb(x[None], position_ids[None])
         cos, sin = cos[0], sin[0]  # [T, head_dim]
-        n = x.shape[0]
-        if decode or (n <= SHORT_PREFILL and self._kernels is not None):  # kernel: token i sees the cache, 0..i
-            positions = starts if decode else list(range(starts[0], starts[0] + n))
-            tokens_slots = slots if decode else slots * n
-            attention = DecodeAttention(
-                self.k_cache, self.v_cache, tokens_slots, positions, cos, sin, self.n_heads, self._kernels
-            )
-        else:
-            attention = self._prefill_attention(slots[0], starts[0], n, cos, sin)
+        n, one_prompt = x.shape[0], len(slots) > 1 and len(set(slots)) == 1
+        if one_prompt and (n > SHORT_PREFILL or self._kernels is None):  # torch's attention for a prompt
+            attention = self._prefill_attention(slots[0], positions[0], n, cos, sin)
+        else:  # token i sees its slot's cache up to its own position (C kernel, or torch for decode)
+            attention = DecodeAttention(self.k_cache, self.v_cache, slots, positions, cos, sin, self.n_heads,
+                                        self._kernels)  # fmt: skip
         delta = None  # the last sublayer's output, added to x by the next norm
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -236,6 +265,12 @@ class ModelRunner:
             )
 
         return attend
+
+
+def _projections(layer) -> list:
+    """A decoder layer's seven linear projections."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
 
 
 def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
