@@ -9,6 +9,7 @@ import torch
 
 from tuneloop.serve.engine import Detokenizer, Engine, FinishEvent, Request, TokenEvent
 from tuneloop.serve.lora_weights import load_lora
+from tuneloop.serve.quantized import max_rows
 from tuneloop.serve.sampling import Sampler, SamplingParams
 
 
@@ -159,4 +160,10 @@ def test_short_prompts_join_the_decode_step_and_change_nothing(tiny):
 
     together, passes = run(prompts, 4)
     assert passes == 1  # only the 100-token prompt had a pass of its own
-    assert together == [run([p], 1)[0][0] for p in prompts]
+    solo = [run([p], 1)[0][0] for p in prompts]
+    assert together == solo
+    # more prompt rows than a step takes (256 on AVX-512): the rest wait for the next step
+    many = [list(range(1000 + 100 * i, 1060 + 100 * i)) for i in range(6)]
+    together, passes = run(many, 6)
+    assert together == [run([p], 1)[0][0] for p in many]
+    assert passes == (0 if max_rows() >= 64 else 6)  # an AVX2 step takes 32 rows: a pass each

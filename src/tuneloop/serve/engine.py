@@ -120,6 +120,8 @@ class Engine:
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
+        #: admitted requests (slot taken) whose prompt tails wait for room in the next step
+        self.pending: list[tuple[Request, list[int]]] = []
         self.free_slots = list(range(max_batch))  # least recently used first
         #: Per slot: the adapter name and the tokens whose keys/values the slot's cache holds.
         self.cached: list[tuple[str | None, list[int]]] = [(None, []) for _ in range(max_batch)]
@@ -148,7 +150,7 @@ class Engine:
 
     @property
     def load(self) -> int:
-        return len(self.waiting) + len(self.active)
+        return len(self.waiting) + len(self.active) + len(self.pending)
 
     def close(self, cancel: bool = False) -> None:
         """Stop the engine thread once it is idle (a process must not exit while it runs torch ops).
@@ -157,7 +159,7 @@ class Engine:
         """
         with self.wakeup:
             if cancel:
-                for request in [*self.waiting, *self.active]:
+                for request in [*self.waiting, *self.active, *(r for r, _ in self.pending)]:
                     request.cancelled.set()
             self.closed = True
             self.wakeup.notify()
@@ -178,26 +180,12 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self.wakeup:
-                while not self.waiting and not self.active and not self.closed:
+                while not (self.waiting or self.active or self.pending or self.closed):
                     self.wakeup.wait()
-                if self.closed and not self.waiting and not self.active:
+                if self.closed and not (self.waiting or self.active or self.pending):
                     return
                 admitted = [self.waiting.popleft() for _ in range(min(len(self.waiting), len(self.free_slots)))]
-            joining: list[tuple[Request, list[int]]] = []  # new requests and the prompt tails of this step
-            rows = len(self.active)
-            for request in admitted:
-                try:
-                    tail = self._admit(request)
-                    if tail is None:
-                        continue
-                    if self._can_join(tail, rows):
-                        joining.append((request, tail))
-                        rows += len(tail)
-                    else:
-                        self._prefill(request, tail)
-                except Exception as exc:  # a request that fails alone fails alone
-                    log.exception("prefill failed")
-                    self._finish(request, "error", str(exc))
+            joining = self._joining([*self.pending, *((r, None) for r in admitted)])
             self._drop_cancelled()
             try:
                 if self.active or joining:
@@ -207,10 +195,33 @@ class Engine:
                 for request in [*self.active, *(r for r, _ in joining)]:
                     self._finish(request, "error", str(exc))
 
-    def _can_join(self, tail: list[int], rows: int) -> bool:
-        """Whether a prompt tail can ride in this step, which has ``rows`` rows so far."""
+    def _joining(self, new: list[tuple[Request, list[int] | None]]) -> list[tuple[Request, list[int]]]:
+        """The new requests (tail None: not admitted yet) whose prompt tails ride in this step; a long
+        tail gets a pass of its own now, one that does not fit in this step's rows waits for the next."""
+        joining: list[tuple[Request, list[int]]] = []
+        rows, self.pending = len(self.active), []
         runner = self.runner
-        return runner.joins_prompts and len(tail) <= SHORT_PREFILL and rows + len(tail) <= runner.codes_max_rows
+        for request, tail in new:
+            try:
+                if tail is None:
+                    tail = self._admit(request)
+                    if tail is None:
+                        continue
+                elif request.cancelled.is_set():
+                    self._finish(request, "cancelled")
+                    continue
+                limit = runner.codes_max_rows  # rows a step computes from codes
+                if not runner.joins_prompts or len(tail) > SHORT_PREFILL or len(self.active) + len(tail) > limit:
+                    self._prefill(request, tail)
+                elif rows + len(tail) <= limit:
+                    joining.append((request, tail))
+                    rows += len(tail)
+                else:  # it keeps its slot, and goes first next step
+                    self.pending.append((request, tail))
+            except Exception as exc:  # a request that fails alone fails alone
+                log.exception("prefill failed")
+                self._finish(request, "error", str(exc))
+        return joining
 
     def _admit(self, request: Request) -> list[int] | None:
         """Give a new request its slot; return the prompt tokens left to compute (None: cancelled)."""
