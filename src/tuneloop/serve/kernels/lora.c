@@ -106,6 +106,12 @@ void tl_lora(const float *x, float *y, int64_t M, int64_t K, int64_t N, int64_t 
             const int64_t n0 = block * BLOCK, width = N - n0 < BLOCK ? N - n0 : BLOCK;
             for (int64_t g = 0; g < groups; g++) {
                 if (!factors[g][2]) continue;
+                if (n0 + BLOCK < N) { /* the next block's factor rows: one stream per rank value and
+                                         * adapter is more than the hardware prefetcher follows */
+                    const float *next = (const float *)factors[g][1] + n0 + BLOCK;
+                    for (int64_t j = 0; j < factors[g][2]; j++)
+                        for (int l = 0; l < BLOCK; l += 16) __builtin_prefetch(next + j * N + l);
+                }
                 for (int64_t m0 = row_start[g]; m0 < row_start[g + 1]; m0 += ROWS) {
                     const int64_t left = row_start[g + 1] - m0;
                     up_rows(t + m0 * R, (const float *)factors[g][1] + n0, y + m0 * N + n0, N, factors[g][2], R,
