@@ -457,9 +457,10 @@ def main() -> None:
         scenarios = []
         t0 = time.perf_counter()
         for name, models, concurrency in scenario_plan():
-            n = max(2 if args.quick else 4, concurrency if args.quick else 2 * concurrency)
+            # full runs: 4 requests per client (8 for one stream), so that a scenario lasts seconds
+            n = max(2, concurrency) if args.quick else max(8, 4 * concurrency)
             if concurrency == 1 and len(models) > 1:
-                n = max(n, len(models))  # one request per model at least
+                n = max(n, len(models) if args.quick else 2 * len(models))  # each model at least once (twice)
             scenarios.append(run_scenario(server, name, models, concurrency, n, args.max_tokens))
         print(f"server scenarios: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     finally:

@@ -70,12 +70,13 @@ static inline int32_t four_bytes(const int8_t *p) {
     return v;
 }
 
-/* MB rows of x times one block of 16 output rows, over all K inputs. */
-#define TILE(MB, BITS)                                                                               \
-    static inline void tile_##MB##_##BITS(const uint8_t *w, const float *s, const float *o,          \
-                                          const int8_t *xq, const float *d, const float *dx,         \
-                                          const int32_t *start, float *y, int64_t N, int64_t K,      \
-                                          __mmask16 valid, const uint8_t *next) {                     \
+/* MB rows of x times one block of 16 output rows, over all K inputs; OFF: the weight has offsets.
+ * The row loop is unrolled so that the MB accumulators stay in registers. */
+#define TILE(MB, BITS, OFF)                                                                          \
+    static inline void tile_##MB##_##BITS##_##OFF(const uint8_t *w, const float *s, const float *o,  \
+                                                  const int8_t *xq, const float *d, const float *dx, \
+                                                  const int32_t *start, float *y, int64_t N,         \
+                                                  int64_t K, __mmask16 valid, const uint8_t *next) { \
         const int64_t G = K / GROUP;                                                                 \
         __m512 acc[MB];                                                                              \
         for (int r = 0; r < MB; r++) acc[r] = _mm512_setzero_ps();                                   \
@@ -86,22 +87,41 @@ static inline int32_t four_bytes(const int8_t *p) {
                 for (int l = 0; l < LANES * GROUP * BITS / 8; l += 64)                               \
                     _mm_prefetch((const char *)next + g * (LANES * GROUP * BITS / 8) + l, _MM_HINT_T0); \
             const __m512 sg = _mm512_loadu_ps(s + g * LANES);                                        \
-            const __m512 og = o ? _mm512_loadu_ps(o + g * LANES) : _mm512_setzero_ps();              \
-            for (int r = 0; r < MB; r++) {                                                           \
+            const __m512 og = OFF ? _mm512_loadu_ps(o + g * LANES) : _mm512_setzero_ps();            \
+            _Pragma("GCC unroll 8") for (int r = 0; r < MB; r++) {                                   \
                 const int8_t *xg = xq + r * K + g * GROUP;                                           \
                 __m512i dot = _mm512_set1_epi32(start[r * G + g]);                                   \
-                for (int c = 0; c < 8; c++) dot = _mm512_dpbusd_epi32(dot, v[c], _mm512_set1_epi32(four_bytes(xg + 4 * c))); \
+                _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++)                                  \
+                    dot = _mm512_dpbusd_epi32(dot, v[c], _mm512_set1_epi32(four_bytes(xg + 4 * c))); \
                 const __m512 sd = _mm512_mul_ps(sg, _mm512_set1_ps(d[r * G + g]));                   \
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sd, acc[r]);                       \
-                if (o) acc[r] = _mm512_fmadd_ps(og, _mm512_set1_ps(dx[r * G + g]), acc[r]);          \
+                if (OFF) acc[r] = _mm512_fmadd_ps(og, _mm512_set1_ps(dx[r * G + g]), acc[r]);        \
             }                                                                                        \
         }                                                                                            \
         for (int r = 0; r < MB; r++) _mm512_mask_storeu_ps(y + r * N, valid, acc[r]);                \
     }
 
-#define TILES(BITS) TILE(8, BITS) TILE(4, BITS) TILE(2, BITS) TILE(1, BITS)
-TILES(8)
-TILES(4)
+#define TILES(BITS, OFF) TILE(8, BITS, OFF) TILE(4, BITS, OFF) TILE(2, BITS, OFF) TILE(1, BITS, OFF)
+TILES(8, 0)
+TILES(8, 1)
+TILES(4, 0)
+TILES(4, 1)
+
+/* The tile for mb (8, 4, 2 or 1) rows. */
+#define DISPATCH(BITS, OFF)                                                                          \
+    static inline void tile_##BITS##_##OFF(int64_t mb, const uint8_t *w, const float *s, const float *o, \
+                                          const int8_t *xq, const float *d, const float *dx,         \
+                                          const int32_t *start, float *y, int64_t N, int64_t K,      \
+                                          __mmask16 valid, const uint8_t *next) {                    \
+        if (mb == 8) tile_8_##BITS##_##OFF(w, s, o, xq, d, dx, start, y, N, K, valid, next);         \
+        else if (mb == 4) tile_4_##BITS##_##OFF(w, s, o, xq, d, dx, start, y, N, K, valid, next);    \
+        else if (mb == 2) tile_2_##BITS##_##OFF(w, s, o, xq, d, dx, start, y, N, K, valid, next);    \
+        else tile_1_##BITS##_##OFF(w, s, o, xq, d, dx, start, y, N, K, valid, next);                \
+    }
+DISPATCH(8, 0)
+DISPATCH(8, 1)
+DISPATCH(4, 0)
+DISPATCH(4, 1)
 
 /* Scratch for the rounded activations, kept per calling thread and grown as needed. */
 static _Thread_local void *scratch;
@@ -143,15 +163,11 @@ int tl_qmatmul_i8(const uint8_t *codes, const float *scale, const float *offset,
             /* the first tile of rows fetches the next block's codes while it computes */
             const uint8_t *next = m == 0 && b + 1 < blocks ? w + block_bytes : 0;
             if (bits == 4) {
-                if (mb == 8) tile_8_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
-                else if (mb == 4) tile_4_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
-                else if (mb == 2) tile_2_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
-                else tile_1_4(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                if (o) tile_4_1(mb, w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else tile_4_0(mb, w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
             } else {
-                if (mb == 8) tile_8_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
-                else if (mb == 4) tile_4_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
-                else if (mb == 2) tile_2_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
-                else tile_1_8(w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                if (o) tile_8_1(mb, w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
+                else tile_8_0(mb, w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
             }
             m += mb;
         }
