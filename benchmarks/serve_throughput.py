@@ -137,11 +137,13 @@ def adapter_memory(model_dir: Path, folders: list[Path]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from tuneloop.serve.lora_weights import load_lora
+    from tuneloop.serve.packed_weights import int8_activations
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights once
     del model
-    adapters = [load_lora(name, folder).nbytes for name, folder in zip(ADAPTERS, folders, strict=True)]
+    half = int8_activations("auto")  # the server's default: float16 factors with int8 activations
+    adapters = [load_lora(name, folder, half=half).nbytes for name, folder in zip(ADAPTERS, folders, strict=True)]
     return {"base_bytes": base_bytes, "adapter_bytes": adapters, "ratios": [b / base_bytes for b in adapters]}
 
 

@@ -74,7 +74,7 @@ def test_cache_grows_beyond_initial_capacity(tiny):
     assert greedy_runner(ModelRunner(tiny, 1, 1024), 0, ids, 5) == greedy_hf(tiny, ids, 5)
 
 
-def two_adapters(k: int = 32, n: int = 100):
+def two_adapters(k: int = 32, n: int = 100, half: bool = False):
     """Two adapters on layer 0: ranks 4 (zero-padded to 8) and 16, the second without v_proj."""
     from tuneloop.serve.lora_weights import LoraAdapter
 
@@ -83,8 +83,8 @@ def two_adapters(k: int = 32, n: int = 100):
     def factors(rank: int, scale: float):
         return torch.randn(k, rank, generator=g), torch.randn(rank, n, generator=g) * scale
 
-    first = LoraAdapter("a", {(0, "q_proj"): factors(4, 2.0), (0, "v_proj"): factors(4, 2.0)})
-    second = LoraAdapter("b", {(0, "q_proj"): factors(16, 0.5)})
+    first = LoraAdapter("a", {(0, "q_proj"): factors(4, 2.0), (0, "v_proj"): factors(4, 2.0)}, half)
+    second = LoraAdapter("b", {(0, "q_proj"): factors(16, 0.5)}, half)
     return first, second
 
 
@@ -118,8 +118,9 @@ def test_every_lora_plan_adds_each_rows_own_adapter(kind, sizes):
 
 
 @needs_kernels
-def test_the_lora_kernel_gives_a_row_the_same_bits_in_any_batch():
-    adapters = two_adapters()
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_the_lora_kernel_gives_a_row_the_same_bits_in_any_batch(half):
+    adapters = two_adapters(half=half)
     x = torch.randn(8, 32, generator=torch.Generator().manual_seed(2))
     together = torch.zeros(8, 100)
     lora_plan("kernel", adapters, [slice(1, 6), slice(6, 8)]).add(together, x, 0, "q_proj")
@@ -127,6 +128,22 @@ def test_the_lora_kernel_gives_a_row_the_same_bits_in_any_batch():
         alone = torch.zeros(1, 100)
         lora_plan("kernel", [adapter], [slice(0, 1)]).add(alone, x[row : row + 1], 0, "q_proj")
         assert torch.equal(alone[0], together[row])
+
+
+@needs_kernels
+@pytest.mark.parametrize("sizes", [(2, 3), (6, 1)])
+def test_float16_factors_give_the_float32_update_to_their_precision(sizes):
+    exact, half = two_adapters(), two_adapters(half=True)
+    assert half[0].factors[(0, "q_proj")][0].dtype == torch.float16 and half[0].nbytes * 2 == exact[0].nbytes
+    groups = [slice(1, 1 + sizes[0]), slice(1 + sizes[0], 1 + sum(sizes))]
+    x = torch.randn(1 + sum(sizes), 32, generator=torch.Generator().manual_seed(1))
+    for name in ("q_proj", "v_proj"):
+        want, got = torch.zeros(len(x), 100), torch.zeros(len(x), 100)
+        lora_plan("kernel", exact, groups).add(want, x, 0, name)
+        lora_plan("kernel", half, groups).add(got, x, 0, name)
+        assert not torch.equal(got, want) and torch.allclose(got, want, rtol=0, atol=2e-3 * want.abs().max())
+    with pytest.raises(ValueError, match="mixes"):
+        lora_plan("kernel", [exact[0], half[1]], groups)
 
 
 @needs_kernels

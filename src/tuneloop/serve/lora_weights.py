@@ -31,9 +31,12 @@ class LoraAdapter:
 
     name: str
     factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    #: factors kept in float16 (half the memory and bytes read; for the C kernel's int8-activation mode)
+    half: bool = False
 
     def __post_init__(self) -> None:
-        self.factors = {key: _padded(at, bt) for key, (at, bt) in self.factors.items()}
+        dtype = torch.float16 if self.half else torch.float32
+        self.factors = {key: _padded(at.to(dtype), bt.to(dtype)) for key, (at, bt) in self.factors.items()}
         #: for the C kernel: row ``layer * 7 + projection`` holds At's and Bt's addresses and the rank
         entries = len(PROJECTIONS) * (1 + max((layer for layer, _ in self.factors), default=-1))
         self.table = torch.zeros(entries, 3, dtype=torch.long)
@@ -63,8 +66,9 @@ def entry(layer: int, projection: str) -> int:
     return layer * len(PROJECTIONS) + _PROJECTION_INDEX[projection]
 
 
-def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> LoraAdapter:
-    """Read a PEFT LoRA folder; raise InvalidModelError for anything we cannot serve."""
+def load_lora(name: str, folder: Path, device: torch.device | str = "cpu", half: bool = False) -> LoraAdapter:
+    """Read a PEFT LoRA folder (``half``: keep its factors in float16); raise InvalidModelError for
+    anything we cannot serve."""
     from safetensors.torch import load_file
 
     config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
@@ -87,7 +91,7 @@ def load_lora(name: str, folder: Path, device: torch.device | str = "cpu") -> Lo
             raise InvalidModelError(f"{weights_path}: LoRA on {proj} is not supported")
         pieces.setdefault((layer, proj), {})[which] = tensor.to(device=device, dtype=torch.float32)
     factors = {k: (v["A"].T.contiguous(), (v["B"].T * scale).contiguous()) for k, v in pieces.items() if len(v) == 2}
-    return LoraAdapter(name, factors)
+    return LoraAdapter(name, factors, half)
 
 
 @dataclass
@@ -182,6 +186,9 @@ class LoraRows:
     ``starts[g]`` to ``starts[g + 1]``; ``add`` applies every group's update to one projection."""
 
     def __init__(self, lib, adapters: list[LoraAdapter], starts: list[int]):
+        if len({a.half for a in adapters}) > 1:
+            raise ValueError("a batch mixes float16 and float32 adapters")
+        self.kernel = lib.tl_lora_f16 if adapters[0].half else lib.tl_lora
         self.lib, self.groups = lib, len(adapters)
         self.entries = max(len(a.table) for a in adapters)
         self.table = torch.zeros(self.groups, self.entries, 3, dtype=torch.long)
@@ -201,5 +208,5 @@ class LoraRows:
         if m > len(self.scratch) or not y.is_contiguous():
             raise ValueError(f"{m} rows for a batch of {len(self.scratch)}, or a strided output")
         x = x.contiguous()
-        self.lib.tl_lora(x.data_ptr(), y.data_ptr(), m, k, y.shape[1], self.groups, self.starts.data_ptr(),
-                         self.table.data_ptr(), self.entries, at, self.scratch.data_ptr())  # fmt: skip
+        self.kernel(x.data_ptr(), y.data_ptr(), m, k, y.shape[1], self.groups, self.starts.data_ptr(),
+                    self.table.data_ptr(), self.entries, at, self.scratch.data_ptr())  # fmt: skip

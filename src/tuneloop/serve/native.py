@@ -6,14 +6,14 @@
   activations rounded to int8 (``quantized.Int8ActivationCodes``).
 * ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
   decode step of many sequences, or a short prompt (``attention``).
-* ``tl_lora`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
+* ``tl_lora``, ``tl_lora_f16`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
   different adapters (``lora_weights.LoraRows``).
 * ``tl_add_rmsnorm``, ``tl_silu_mul`` (``pointwise.c``): a layer's residual add + RMSNorm and its
   SiLU gating (``runner``).
 
 The sources are built with the system C compiler (AVX2 + FMA, AVX-512 lanes where the CPU has
 them, OpenMP) into ``~/.cache/tuneloop/kernels`` (a temporary folder where that is read-only).
-Where they cannot be built (no compiler, not x86-64 with AVX2/FMA) ``available()`` is False and
+Where they cannot be built (no compiler, not x86-64 with AVX2/FMA/F16C) ``available()`` is False and
 the engine runs everything in torch.
 """
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 _KERNELS = Path(__file__).with_name("kernels")
 _SOURCES = [_KERNELS / name for name in ("qmatmul.c", "qmatmul_i8.c", "attention.c", "lora.c", "pointwise.c")]
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
 _ERROR: str | None = None
@@ -46,6 +46,7 @@ _SIGNATURES = {
     "tl_qmatmul4": [_P] * 5 + [_I] * 3,
     "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
     "tl_lora": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
+    "tl_lora_f16": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
     "tl_add_rmsnorm": [_P, _P, _P, _F, _P, _I, _I],
     "tl_silu_mul": [_P, _P, _P, _I, _I],
 }
@@ -104,8 +105,8 @@ def has(lib: ctypes.CDLL, name: str) -> bool:
 def build(flags: set[str] | None = None) -> Path:
     """Compile the kernels for a CPU with ``flags`` (default: this one's); return the library's path."""
     flags = cpu_flags() if flags is None else flags
-    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= flags:
-        raise RuntimeError("needs an x86-64 CPU with AVX2 and FMA")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma", "f16c"} <= flags:
+        raise RuntimeError("needs an x86-64 CPU with AVX2, FMA and F16C")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")

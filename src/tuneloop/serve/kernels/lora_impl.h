@@ -1,0 +1,125 @@
+/* The LoRA kernel's body, included by lora.c once per factor type: FACTOR (float, or _Float16
+ * with HALF 1) and NAME(x) (the name of x for that type). */
+
+/* p[0 .. n) as float32: p itself, or float16 values converted into buf (F16C, 8 at a time). */
+INLINE const float *NAME(as_float)(const FACTOR *p, float *buf, int n) {
+#if HALF
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i))));
+    for (; i < n; i++) buf[i] = (float)p[i];
+    return buf;
+#else
+    (void)buf, (void)n;
+    return p;
+#endif
+}
+/* t[r, j0 : j0 + CHUNK] = x[r] @ At[:, j0 : j0 + CHUNK] for ``rows`` rows (a constant once inlined) */
+INLINE void NAME(down)(const float *x, const FACTOR *at, float *t, int64_t K, int64_t rank, int64_t R, int64_t j0,
+                 int rows) {
+    float acc[ROWS][CHUNK] = {{0}};
+    for (int64_t k = 0; k < K; k++) {
+        float wide[CHUNK];
+        const float *a = NAME(as_float)(at + k * rank + j0, wide, CHUNK);
+        for (int r = 0; r < rows; r++) {
+            const float xk = x[r * K + k];
+#pragma omp simd
+            for (int j = 0; j < CHUNK; j++) acc[r][j] += xk * (float)a[j];
+        }
+    }
+    for (int r = 0; r < rows; r++) memcpy(t + r * R + j0, acc[r], sizeof(acc[r]));
+}
+
+/* y[r, :width] += t[r] @ b[:, :width] for ``rows`` rows and ``width`` columns (constants once
+ * inlined); row j of b (Bt's block of columns, as float32) starts at b + j * ldb */
+INLINE void NAME(up)(const float *t, const float *bt, int64_t ldb, float *y, int64_t N, int64_t rank, int64_t R,
+                     int rows, int width) {
+    float acc[ROWS][BLOCK] = {{0}};
+    for (int64_t j = 0; j < rank; j++) {
+        const float *b = bt + j * ldb;
+        for (int r = 0; r < rows; r++) {
+            const float tj = t[r * R + j];
+#pragma omp simd
+            for (int i = 0; i < width; i++) acc[r][i] += tj * b[i];
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+#pragma omp simd
+        for (int i = 0; i < width; i++) y[r * N + i] += acc[r][i];
+    }
+}
+
+static void NAME(down_rows)(const float *x, const FACTOR *at, float *t, int64_t K, int64_t rank, int64_t R, int rows) {
+    for (int64_t j0 = 0; j0 < rank; j0 += CHUNK) switch (rows) {
+            case 4: NAME(down)(x, at, t, K, rank, R, j0, 4); break;
+            case 3: NAME(down)(x, at, t, K, rank, R, j0, 3); break;
+            case 2: NAME(down)(x, at, t, K, rank, R, j0, 2); break;
+            default: NAME(down)(x, at, t, K, rank, R, j0, 1);
+        }
+}
+
+static void NAME(up_rows)(const float *t, const float *bt, int64_t ldb, float *y, int64_t N, int64_t rank,
+                          int64_t R, int rows, int width) {
+    if (width < BLOCK) { /* the last, partial block of columns */
+        NAME(up)(t, bt, ldb, y, N, rank, R, rows, width);
+        return;
+    }
+    switch (rows) {
+        case 4: NAME(up)(t, bt, ldb, y, N, rank, R, 4, BLOCK); break;
+        case 3: NAME(up)(t, bt, ldb, y, N, rank, R, 3, BLOCK); break;
+        case 2: NAME(up)(t, bt, ldb, y, N, rank, R, 2, BLOCK); break;
+        default: NAME(up)(t, bt, ldb, y, N, rank, R, 1, BLOCK);
+    }
+}
+
+void NAME(tl_lora)(const float *x, float *y, int64_t M, int64_t K, int64_t N, int64_t groups, const int64_t *row_start,
+             const int64_t *table, int64_t entries, int64_t entry, float *t) {
+    const int64_t *factors[groups]; /* group g's (At, Bt, rank) for this projection */
+    int64_t first[groups + 1], R = 0; /* first[g]: group g's first row block */
+    first[0] = 0;
+    for (int64_t g = 0; g < groups; g++) {
+        factors[g] = table + (g * entries + entry) * 3;
+        const int64_t rows = row_start[g + 1] - row_start[g];
+        first[g + 1] = first[g] + (factors[g][2] ? (rows + ROWS - 1) / ROWS : 0);
+        R = factors[g][2] > R ? factors[g][2] : R;
+    }
+    if (R == 0 || M == 0) return;
+    const int64_t blocks = (N + BLOCK - 1) / BLOCK;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < first[groups]; task++) {
+            int64_t g = 0;
+            while (task >= first[g + 1]) g++;
+            const int64_t m0 = row_start[g] + (task - first[g]) * ROWS, left = row_start[g + 1] - m0;
+            NAME(down_rows)(x + m0 * K, (const FACTOR *)factors[g][0], t + m0 * R, K, factors[g][2], R,
+                      left < ROWS ? (int)left : ROWS);
+        }
+#pragma omp for schedule(static)
+        for (int64_t block = 0; block < blocks; block++) {
+            const int64_t n0 = block * BLOCK, width = N - n0 < BLOCK ? N - n0 : BLOCK;
+            for (int64_t g = 0; g < groups; g++) {
+                if (!factors[g][2]) continue;
+                if (n0 + BLOCK < N) { /* the next block's factor rows: one stream per rank value and
+                                         * adapter is more than the hardware prefetcher follows */
+                    const FACTOR *next = (const FACTOR *)factors[g][1] + n0 + BLOCK;
+                    for (int64_t j = 0; j < factors[g][2]; j++)
+                        for (int l = 0; l < BLOCK; l += 64 / (int)sizeof(FACTOR)) __builtin_prefetch(next + j * N + l);
+                }
+                /* the block of Bt as float32: in place, or float16 converted once for all the rows */
+                const FACTOR *bt = (const FACTOR *)factors[g][1] + n0;
+                const float *b = (const float *)bt;
+                int64_t ldb = N;
+#if HALF
+                float wide[factors[g][2] * BLOCK];
+                for (int64_t j = 0; j < factors[g][2]; j++) NAME(as_float)(bt + j * N, wide + j * BLOCK, (int)width);
+                b = wide, ldb = BLOCK;
+#endif
+                for (int64_t m0 = row_start[g]; m0 < row_start[g + 1]; m0 += ROWS) {
+                    const int64_t left = row_start[g + 1] - m0;
+                    NAME(up_rows)(t + m0 * R, b, ldb, y + m0 * N + n0, N, factors[g][2], R,
+                                  left < ROWS ? (int)left : ROWS, (int)width);
+                }
+            }
+        }
+    }
+}
