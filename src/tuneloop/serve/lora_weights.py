@@ -69,7 +69,7 @@ def entry(layer: int, projection: str) -> int:
 def load_lora(name: str, folder: Path, device: torch.device | str = "cpu", half: bool = False) -> LoraAdapter:
     """Read a PEFT LoRA folder (``half``: keep its factors in float16); raise InvalidModelError for
     anything we cannot serve."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not config_path.is_file() or not weights_path.is_file():
@@ -79,18 +79,22 @@ def load_lora(name: str, folder: Path, device: torch.device | str = "cpu", half:
         raise InvalidModelError(f"{folder}: only plain LoRA adapters can be served")
     r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    dtype = torch.float16 if half else torch.float32
     pieces: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(weights_path)).items():
-        match = _KEY.search(key)
-        if match is None:
-            if "lora_" in key:
-                raise InvalidModelError(f"{weights_path}: unsupported LoRA weight {key}")
-            continue  # e.g. modules_to_save are not supported for serving
-        layer, proj, which = int(match[1]), match[2], match[3]
-        if proj not in PROJECTIONS:
-            raise InvalidModelError(f"{weights_path}: LoRA on {proj} is not supported")
-        pieces.setdefault((layer, proj), {})[which] = tensor.to(device=device, dtype=torch.float32)
-    factors = {k: (v["A"].T.contiguous(), (v["B"].T * scale).contiguous()) for k, v in pieces.items() if len(v) == 2}
+    with safe_open(str(weights_path), framework="pt") as weights:  # one tensor at a time: no float32 copy of it all
+        for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            match = _KEY.search(key)
+            if match is None:
+                if "lora_" in key:
+                    raise InvalidModelError(f"{weights_path}: unsupported LoRA weight {key}")
+                continue  # e.g. modules_to_save are not supported for serving
+            layer, proj, which = int(match[1]), match[2], match[3]
+            if proj not in PROJECTIONS:
+                raise InvalidModelError(f"{weights_path}: LoRA on {proj} is not supported")
+            factor = weights.get_tensor(key).to(device=device, dtype=torch.float32).T
+            factor = factor * scale if which == "B" else factor  # B transposed and pre-scaled
+            pieces.setdefault((layer, proj), {})[which] = factor.to(dtype).contiguous()
+    factors = {k: (v["A"], v["B"]) for k, v in pieces.items() if len(v) == 2}
     return LoraAdapter(name, factors, half)
 
 
