@@ -97,3 +97,24 @@ def test_a_short_prefill_through_the_kernel_matches_torch(tiny_model_dir, monkey
     torch_logits, torch_keys, _ = prefill(0)
     assert torch.allclose(kernel_logits, torch_logits, atol=1e-4)
     assert torch.allclose(kernel_keys, torch_keys, atol=1e-5)
+
+
+@needs_kernels
+def test_float16_caches_hold_rounded_keys_and_give_the_float32_attention_of_them():
+    slots, positions = [5, 0, 3, 7, 2], [9, 0, 31, 4, 17]
+    k32, v32 = caches()
+    k16, v16 = k32.half(), v32.half()
+    q, k, v, cos, sin = step(slots, positions)
+    lib = native.library()
+    out16 = DecodeAttention(k16, v16, slots, positions, cos, sin, HEADS, lib)(1, q, k, v)
+    # the attention in float32 over the rounded caches (the new keys and values kept in float32)
+    k_ref, v_ref = k16.float(), v16.float()
+    ref = DecodeAttention(k_ref, v_ref, slots, positions, cos, sin, HEADS, lib).torch(1, q, k, v)
+    assert torch.allclose(out16, ref, atol=2e-3) and not torch.equal(out16, ref)
+    assert torch.allclose(k16.float(), k_ref, atol=2e-3) and torch.equal(v16, v_ref.half())  # written, rounded
+    assert not torch.equal(k16, k32.half())
+    for i, (slot, position) in enumerate(zip(slots, positions, strict=True)):  # batch invariance holds
+        alone_k, alone_v = k32.half(), v32.half()
+        q1, k1, v1, c1, s1 = step([slot], [position])
+        alone = DecodeAttention(alone_k, alone_v, [slot], [position], c1, s1, HEADS, lib)(1, q1, k1, v1)
+        assert torch.equal(alone[0], out16[i])

@@ -28,8 +28,9 @@ class DecodeAttention:
 
     ``k_cache``/``v_cache`` are [layers, slots, KV, capacity, D]; token ``b`` belongs to slot
     ``slots[b]`` and sits at position ``positions[b]`` (it attends to that many cached tokens and itself).
-    With the C kernel (``lib``, float32 caches on CPU) the tokens may also be a short prompt's, all
-    in one slot at consecutive positions; the torch path (``lib`` None) takes one token per slot.
+    With the C kernel (``lib``, float32 or float16 caches on CPU) the tokens may also be short
+    prompts', each in one slot at consecutive positions; the torch path (``lib`` None) takes one
+    token per slot.
     """
 
     def __init__(self, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: Sequence[int],
@@ -40,6 +41,8 @@ class DecodeAttention:
         self.positions = torch.tensor(positions, dtype=torch.long)
         self.cos, self.sin = cos.float().contiguous(), sin.float().contiguous()
         self.lib = lib  # the C kernels (``native.library()``), or None for torch
+        if lib is not None:
+            self.kernel = lib.tl_decode_attention_f16 if k_cache.dtype == torch.float16 else lib.tl_decode_attention
         self._layout: _TorchLayout | None = None  # for the torch path, made on its first layer
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,7 @@ class DecodeAttention:
         b, d = q.shape[0], self.head_dim
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = torch.empty_like(q)
-        self.lib.tl_decode_attention(
+        self.kernel(
             q.data_ptr(), k.data_ptr(), v.data_ptr(), self.cos.data_ptr(), self.sin.data_ptr(),
             self.k_cache[layer].data_ptr(), self.v_cache[layer].data_ptr(), self.slots.data_ptr(),
             self.positions.data_ptr(), out.data_ptr(), b, self.n_heads, self.n_kv, d, self.capacity, d**-0.5,

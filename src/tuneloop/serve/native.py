@@ -4,8 +4,9 @@
   4-bit codes (``quantized``).
 * ``tl_qmatmul_i8`` (``qmatmul_i8.c``, AVX-512 VNNI builds only): the same products with the
   activations rounded to int8 (``quantized.Int8ActivationCodes``).
-* ``tl_decode_attention`` (``attention.c``): one layer's RoPE, KV-cache write and attention for a
-  decode step of many sequences, or a short prompt (``attention``).
+* ``tl_decode_attention``, ``tl_decode_attention_f16`` (``attention.c``): one layer's RoPE, KV-cache
+  write and attention for a step of many sequences and short prompts (``attention``), over float32
+  or float16 caches.
 * ``tl_lora``, ``tl_lora_f16`` (``lora.c``): the LoRA updates of one projection for a batch of rows that use
   different adapters (``lora_weights.LoraRows``).
 * ``tl_add_rmsnorm``, ``tl_silu_mul`` (``pointwise.c``): a layer's residual add + RMSNorm and its
@@ -45,6 +46,7 @@ _SIGNATURES = {
     "tl_qmatmul": [_P] * 5 + [_I] * 3,
     "tl_qmatmul4": [_P] * 5 + [_I] * 3,
     "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
+    "tl_decode_attention_f16": [_P] * 10 + [_I] * 5 + [_F],
     "tl_lora": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
     "tl_lora_f16": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
     "tl_add_rmsnorm": [_P, _P, _P, _F, _P, _I, _I],

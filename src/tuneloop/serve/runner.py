@@ -64,14 +64,16 @@ class ModelRunner:
         self.dtype = next(self.hf.parameters()).dtype
         self.max_len, self.n_slots = max_len, n_slots
         self.capacity = min(256, max_len)
-        shape = (len(self.layers), n_slots, self.n_kv, self.capacity, self.head_dim)
-        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        self.lengths = [0] * n_slots
-        self._stacks: collections.OrderedDict[tuple[int, ...], LoraStack] = collections.OrderedDict()
         on_cpu = self.device.type == "cpu" and self.dtype == torch.float32
         #: the C kernels for attention, LoRA, norms and gating (None: torch does them)
         self._kernels = native.library() if on_cpu else None
+        # keys and values in float16 where activations are rounded to int8 anyway: half the bytes
+        cache_dtype = torch.float16 if self.int8_activations and self._kernels is not None else self.dtype
+        shape = (len(self.layers), n_slots, self.n_kv, self.capacity, self.head_dim)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=cache_dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=cache_dtype)
+        self.lengths = [0] * n_slots
+        self._stacks: collections.OrderedDict[tuple[int, ...], LoraStack] = collections.OrderedDict()
         self._silu = self._kernels is not None and getattr(cfg, "hidden_act", None) in ("silu", "swish")
         norms = [
             self.core.norm,
@@ -256,6 +258,7 @@ class ModelRunner:
             self.k_cache[li, slot, :, s0 : s0 + n] = k.transpose(0, 1)
             self.v_cache[li, slot, :, s0 : s0 + n] = v.view(n, self.n_kv, self.head_dim).transpose(0, 1)
             keys, values = self.k_cache[li, slot, :, : s0 + n], self.v_cache[li, slot, :, : s0 + n]
+            keys, values = keys.to(q.dtype), values.to(q.dtype)  # a float16 cache: its values, in float32
             return (
                 F.scaled_dot_product_attention(
                     q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True

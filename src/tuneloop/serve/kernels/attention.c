@@ -61,95 +61,21 @@ static inline __m512 sum16(const __m512 *p) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
 }
 
-/* One (token, key/value head) of the attention with 16-float lanes (D a multiple of 16): the
- * group's queries (rotated, scaled) score 16 keys at a time, and each value is loaded once for
- * every query head of the group. */
-static void attend16(const float *query, const float *keys, const float *values, float *out, int64_t group,
-                     int64_t D, int64_t length, float *scores) {
-    const int64_t chunks = D / 16;
-    for (int64_t g = 0; g < group; g++) {
-        const float *qg = query + g * D;
-        float *sg = scores + g * length;
-        for (int64_t t0 = 0; t0 < length; t0 += 16) {
-            const int64_t n = length - t0 < 16 ? length - t0 : 16;
-            __m512 p[16];
-            for (int64_t t = 0; t < 16; t++) {
-                __m512 acc = _mm512_setzero_ps();
-                if (t < n)
-                    for (int64_t c = 0; c < chunks; c++)
-                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), _mm512_loadu_ps(keys + (t0 + t) * D + 16 * c), acc);
-                p[t] = acc;
-            }
-            _mm512_mask_storeu_ps(sg + t0, (__mmask16)((1u << n) - 1u), sum16(p));
-        }
-    }
-    float inverse[group];
-    for (int64_t g = 0; g < group; g++) inverse[g] = softmax(scores + g * length, length);
-    for (int64_t c = 0; c < chunks; c++) {
-        __m512 acc[group];
-        for (int64_t g = 0; g < group; g++) acc[g] = _mm512_setzero_ps();
-        for (int64_t t = 0; t < length; t++) {
-            const __m512 value = _mm512_loadu_ps(values + t * D + 16 * c);
-            for (int64_t g = 0; g < group; g++)
-                acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * length + t]), value, acc[g]);
-        }
-        for (int64_t g = 0; g < group; g++) _mm512_storeu_ps(out + g * D + 16 * c, _mm512_mul_ps(acc[g], _mm512_set1_ps(inverse[g])));
-    }
-}
 #endif
 
-void tl_decode_attention(const float *q, const float *k, const float *v, const float *cos, const float *sin,
-                         float *k_cache, float *v_cache, const int64_t *slots, const int64_t *pos, float *out,
-                         int64_t B, int64_t H, int64_t KV, int64_t D, int64_t capacity, float scale) {
-    const int64_t group = H / KV;
-#pragma omp parallel
-    {
-        /* every new key and value first (a short prefill's tokens share a slot and see each other's) */
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < B * KV; task++) {
-            const int64_t b = task / KV, h = task % KV, at = (slots[b] * KV + h) * capacity + pos[b];
-            rope(k + task * D, cos + b * D, sin + b * D, k_cache + at * D, D);
-            memcpy(v_cache + at * D, v + task * D, (size_t)D * sizeof(float));
-        }
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < B * KV; task++) {
-            const int64_t b = task / KV, h = task % KV, length = pos[b] + 1;
-            const float *keys = k_cache + (slots[b] * KV + h) * capacity * D;
-            const float *values = v_cache + (slots[b] * KV + h) * capacity * D;
-#if defined(__AVX512F__)
-            if (D % 16 == 0) {
-                float query[group * D], scores[group * length];
-                for (int64_t g = 0; g < group; g++) {
-                    rope(q + (b * H + h * group + g) * D, cos + b * D, sin + b * D, query + g * D, D);
-#pragma omp simd
-                    for (int64_t i = 0; i < D; i++) query[g * D + i] *= scale;
-                }
-                attend16(query, keys, values, out + (b * H + h * group) * D, group, D, length, scores);
-                continue;
-            }
-#endif
-            float query[D], acc[D], scores[length];
-            for (int64_t g = 0; g < group; g++) {
-                const int64_t head = h * group + g;
-                rope(q + (b * H + head) * D, cos + b * D, sin + b * D, query, D);
-                for (int64_t t = 0; t < length; t++) {
-                    const float *key = keys + t * D;
-                    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                    for (int64_t i = 0; i < D; i++) dot += query[i] * key[i];
-                    scores[t] = dot * scale;
-                }
-                const float inverse = softmax(scores, length);
-                memset(acc, 0, sizeof(acc));
-                for (int64_t t = 0; t < length; t++) {
-                    const float *value = values + t * D, weight = scores[t];
-#pragma omp simd
-                    for (int64_t i = 0; i < D; i++) acc[i] += weight * value[i];
-                }
-                float *o = out + (b * H + head) * D;
-#pragma omp simd
-                for (int64_t i = 0; i < D; i++) o[i] = acc[i] * inverse;
-            }
-        }
-    }
-}
+#define CACHE float
+#define HALF 0
+#define NAME(x) x
+#include "attention_impl.h"
+#undef CACHE
+#undef HALF
+#undef NAME
+
+/* The same over float16 caches (half the bytes to read: the engine's int8-activation mode). */
+#define CACHE _Float16
+#define HALF 1
+#define NAME(x) x##_f16
+#include "attention_impl.h"
+#undef CACHE
+#undef HALF
+#undef NAME

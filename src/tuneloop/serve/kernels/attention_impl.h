@@ -1,0 +1,129 @@
+/* The attention kernel's body, included by attention.c once per cache type: CACHE (float, or
+ * _Float16 with HALF 1) and NAME(x) (the name of x for that type). */
+
+/* p[0 .. n) as float32: p itself, or float16 values converted into buf (F16C, 8 at a time). */
+static inline const float *NAME(as_float)(const CACHE *p, float *buf, int64_t n) {
+#if HALF
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i))));
+    for (; i < n; i++) buf[i] = (float)p[i];
+    return buf;
+#else
+    (void)buf, (void)n;
+    return p;
+#endif
+}
+
+/* dst[0 .. n) = src, rounded to float16 for a float16 cache (nearest even). */
+static inline void NAME(store)(const float *src, CACHE *dst, int64_t n) {
+#if HALF
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = (_Float16)src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(float));
+#endif
+}
+
+#if defined(__AVX512F__)
+#if HALF
+#define LOAD16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#else
+#define LOAD16(p) _mm512_loadu_ps(p)
+#endif
+/* One (token, key/value head) of the attention with 16-float lanes (D a multiple of 16): the
+ * group's queries (rotated, scaled) score 16 keys at a time, and each value is loaded once for
+ * every query head of the group. */
+static void NAME(attend16)(const float *query, const CACHE *keys, const CACHE *values, float *out, int64_t group,
+                     int64_t D, int64_t length, float *scores) {
+    const int64_t chunks = D / 16;
+    for (int64_t g = 0; g < group; g++) {
+        const float *qg = query + g * D;
+        float *sg = scores + g * length;
+        for (int64_t t0 = 0; t0 < length; t0 += 16) {
+            const int64_t n = length - t0 < 16 ? length - t0 : 16;
+            __m512 p[16];
+            for (int64_t t = 0; t < 16; t++) {
+                __m512 acc = _mm512_setzero_ps();
+                if (t < n)
+                    for (int64_t c = 0; c < chunks; c++)
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), LOAD16(keys + (t0 + t) * D + 16 * c), acc);
+                p[t] = acc;
+            }
+            _mm512_mask_storeu_ps(sg + t0, (__mmask16)((1u << n) - 1u), sum16(p));
+        }
+    }
+    float inverse[group];
+    for (int64_t g = 0; g < group; g++) inverse[g] = softmax(scores + g * length, length);
+    for (int64_t c = 0; c < chunks; c++) {
+        __m512 acc[group];
+        for (int64_t g = 0; g < group; g++) acc[g] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < length; t++) {
+            const __m512 value = LOAD16(values + t * D + 16 * c);
+            for (int64_t g = 0; g < group; g++)
+                acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * length + t]), value, acc[g]);
+        }
+        for (int64_t g = 0; g < group; g++) _mm512_storeu_ps(out + g * D + 16 * c, _mm512_mul_ps(acc[g], _mm512_set1_ps(inverse[g])));
+    }
+}
+#undef LOAD16
+#endif
+
+void NAME(tl_decode_attention)(const float *q, const float *k, const float *v, const float *cos, const float *sin,
+                         CACHE *k_cache, CACHE *v_cache, const int64_t *slots, const int64_t *pos, float *out,
+                         int64_t B, int64_t H, int64_t KV, int64_t D, int64_t capacity, float scale) {
+    const int64_t group = H / KV;
+#pragma omp parallel
+    {
+        /* every new key and value first (a short prefill's tokens share a slot and see each other's) */
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * KV; task++) {
+            const int64_t b = task / KV, h = task % KV, at = (slots[b] * KV + h) * capacity + pos[b];
+            float key[D];
+            rope(k + task * D, cos + b * D, sin + b * D, key, D);
+            NAME(store)(key, k_cache + at * D, D);
+            NAME(store)(v + task * D, v_cache + at * D, D);
+        }
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * KV; task++) {
+            const int64_t b = task / KV, h = task % KV, length = pos[b] + 1;
+            const CACHE *keys = k_cache + (slots[b] * KV + h) * capacity * D;
+            const CACHE *values = v_cache + (slots[b] * KV + h) * capacity * D;
+#if defined(__AVX512F__)
+            if (D % 16 == 0) {
+                float query[group * D], scores[group * length];
+                for (int64_t g = 0; g < group; g++) {
+                    rope(q + (b * H + h * group + g) * D, cos + b * D, sin + b * D, query + g * D, D);
+#pragma omp simd
+                    for (int64_t i = 0; i < D; i++) query[g * D + i] *= scale;
+                }
+                NAME(attend16)(query, keys, values, out + (b * H + h * group) * D, group, D, length, scores);
+                continue;
+            }
+#endif
+            float query[D], acc[D], scores[length], wide[D];
+            for (int64_t g = 0; g < group; g++) {
+                const int64_t head = h * group + g;
+                rope(q + (b * H + head) * D, cos + b * D, sin + b * D, query, D);
+                for (int64_t t = 0; t < length; t++) {
+                    const float *key = NAME(as_float)(keys + t * D, wide, D);
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int64_t i = 0; i < D; i++) dot += query[i] * key[i];
+                    scores[t] = dot * scale;
+                }
+                const float inverse = softmax(scores, length);
+                memset(acc, 0, sizeof(acc));
+                for (int64_t t = 0; t < length; t++) {
+                    const float *value = NAME(as_float)(values + t * D, wide, D), weight = scores[t];
+#pragma omp simd
+                    for (int64_t i = 0; i < D; i++) acc[i] += weight * value[i];
+                }
+                float *o = out + (b * H + head) * D;
+#pragma omp simd
+                for (int64_t i = 0; i < D; i++) o[i] = acc[i] * inverse;
+            }
+        }
+    }
+}
