@@ -48,7 +48,72 @@ INLINE void NAME(up)(const float *t, const float *bt, int64_t ldb, float *y, int
     }
 }
 
+#if defined(__AVX512F__)
+#if HALF
+#define LOAD16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#else
+#define LOAD16(p) _mm512_loadu_ps(p)
+#endif
+/* down for 16 rank values at a time (512-bit lanes; two accumulators per row over even and odd
+ * inputs, so that the FMAs' latency overlaps); ``rows`` a constant once inlined */
+INLINE void NAME(down16)(const float *x, const FACTOR *at, float *t, int64_t K, int64_t rank, int64_t R, int rows) {
+    for (int64_t j0 = 0; j0 < rank; j0 += 16) {
+        __m512 even[ROWS], odd[ROWS];
+        for (int r = 0; r < rows; r++) even[r] = odd[r] = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 1 < K; k += 2) {
+            const __m512 a0 = LOAD16(at + k * rank + j0), a1 = LOAD16(at + (k + 1) * rank + j0);
+            for (int r = 0; r < rows; r++) {
+                even[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + k]), a0, even[r]);
+                odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + k + 1]), a1, odd[r]);
+            }
+        }
+        if (k < K) {
+            const __m512 a0 = LOAD16(at + k * rank + j0);
+            for (int r = 0; r < rows; r++) even[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + k]), a0, even[r]);
+        }
+        for (int r = 0; r < rows; r++) _mm512_storeu_ps(t + r * R + j0, _mm512_add_ps(even[r], odd[r]));
+    }
+}
+
+/* up for a whole block of 64 columns, the factor read (and converted) in registers; ``rows`` a
+ * constant once inlined */
+INLINE void NAME(up16)(const float *t, const FACTOR *bt, float *y, int64_t N, int64_t rank, int64_t R, int rows) {
+    __m512 acc[ROWS][BLOCK / 16];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < BLOCK / 16; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < rank; j++) {
+        __m512 b[BLOCK / 16];
+        for (int c = 0; c < BLOCK / 16; c++) b[c] = LOAD16(bt + j * N + 16 * c);
+        for (int r = 0; r < rows; r++) {
+            const __m512 tj = _mm512_set1_ps(t[r * R + j]);
+            for (int c = 0; c < BLOCK / 16; c++) acc[r][c] = _mm512_fmadd_ps(tj, b[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < BLOCK / 16; c++) {
+            float *out = y + r * N + 16 * c;
+            _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), acc[r][c]));
+        }
+}
+#undef LOAD16
+#define HAS16 1
+#else
+#define HAS16 0
+#endif
+
 static void NAME(down_rows)(const float *x, const FACTOR *at, float *t, int64_t K, int64_t rank, int64_t R, int rows) {
+#if HAS16
+    if (rank % 16 == 0) {
+        switch (rows) {
+            case 4: NAME(down16)(x, at, t, K, rank, R, 4); break;
+            case 3: NAME(down16)(x, at, t, K, rank, R, 3); break;
+            case 2: NAME(down16)(x, at, t, K, rank, R, 2); break;
+            default: NAME(down16)(x, at, t, K, rank, R, 1);
+        }
+        return;
+    }
+#endif
     for (int64_t j0 = 0; j0 < rank; j0 += CHUNK) switch (rows) {
             case 4: NAME(down)(x, at, t, K, rank, R, j0, 4); break;
             case 3: NAME(down)(x, at, t, K, rank, R, j0, 3); break;
@@ -105,8 +170,23 @@ void NAME(tl_lora)(const float *x, float *y, int64_t M, int64_t K, int64_t N, in
                     for (int64_t j = 0; j < factors[g][2]; j++)
                         for (int l = 0; l < BLOCK; l += 64 / (int)sizeof(FACTOR)) __builtin_prefetch(next + j * N + l);
                 }
-                /* the block of Bt as float32: in place, or float16 converted once for all the rows */
                 const FACTOR *bt = (const FACTOR *)factors[g][1] + n0;
+#if HAS16
+                if (width == BLOCK) { /* read and converted in registers */
+                    for (int64_t m0 = row_start[g]; m0 < row_start[g + 1]; m0 += ROWS) {
+                        const int64_t left = row_start[g + 1] - m0, rank = factors[g][2];
+                        float *ym = y + m0 * N + n0;
+                        switch (left < ROWS ? (int)left : ROWS) {
+                            case 4: NAME(up16)(t + m0 * R, bt, ym, N, rank, R, 4); break;
+                            case 3: NAME(up16)(t + m0 * R, bt, ym, N, rank, R, 3); break;
+                            case 2: NAME(up16)(t + m0 * R, bt, ym, N, rank, R, 2); break;
+                            default: NAME(up16)(t + m0 * R, bt, ym, N, rank, R, 1);
+                        }
+                    }
+                    continue;
+                }
+#endif
+                /* the block of Bt as float32: in place, or float16 converted once for all the rows */
                 const float *b = (const float *)bt;
                 int64_t ldb = N;
 #if HALF
@@ -123,3 +203,4 @@ void NAME(tl_lora)(const float *x, float *y, int64_t M, int64_t K, int64_t N, in
         }
     }
 }
+#undef HAS16
