@@ -241,11 +241,11 @@ class Engine:
         self.prefill_seconds += time.perf_counter() - started
         self._started(request, logits)
 
-    def _started(self, request: Request, logits) -> None:
+    def _started(self, request: Request, logits, best: int | None = None) -> None:
         """A request whose whole prompt is computed: it decodes from here on."""
         self.cached[request.slot][1][:] = request.prompt_ids
         self.active.append(request)
-        self._accept(request, request.sampler.choose(logits))
+        self._accept(request, request.sampler.choose(logits, best))
 
     def _take_slot(self, request: Request) -> int:
         """Give the request a free slot, reusing the longest cached prefix of its prompt; return its length."""
@@ -279,11 +279,12 @@ class Engine:
         self.prefill_seconds += elapsed * prompt_share
         self.decode_seconds += elapsed * (1 - prompt_share)
         self.steps += bool(batch)
-        for request, row in zip(batch, logits[: len(batch)], strict=True):
+        best = logits.argmax(dim=-1).tolist()  # every row's greedy token in one call
+        for request, row, top in zip(batch, logits[: len(batch)], best[: len(batch)], strict=True):
             self.cached[request.slot][1].append(request.last_token)  # its keys/values were written by this step
-            self._accept(request, request.sampler.choose(row))
-        for (request, _), row in zip(joining, logits[len(batch) :], strict=True):
-            self._started(request, row)
+            self._accept(request, request.sampler.choose(row, top))
+        for (request, _), row, top in zip(joining, logits[len(batch) :], best[len(batch) :], strict=True):
+            self._started(request, row, top)
 
     def _accept(self, request: Request, choice: TokenChoice) -> None:
         if choice.token in request.sampler.eos_ids:

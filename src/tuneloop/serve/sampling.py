@@ -44,10 +44,12 @@ class Sampler:
         self.counts: dict[int, int] = {}
         self.json = json
 
-    def choose(self, logits: torch.Tensor) -> TokenChoice:
-        """Pick the next token from one row of logits (float32, on CPU)."""
+    def choose(self, logits: torch.Tensor, best: int | None = None) -> TokenChoice:
+        """Pick the next token from one row of logits (float32, on CPU); ``best`` is the row's argmax
+        where the caller took it for a whole batch at once (used when nothing changes the logits)."""
         p = self.params
-        if self.counts and (p.frequency_penalty or p.presence_penalty):
+        penalized = bool(self.counts and (p.frequency_penalty or p.presence_penalty))
+        if penalized:
             ids = torch.tensor(list(self.counts))
             counts = torch.tensor(list(self.counts.values()), dtype=logits.dtype)
             logits = logits.clone()
@@ -56,7 +58,7 @@ class Sampler:
         if self.json is not None:
             logits = self.json.restrict(logits)
         if p.temperature <= 0:
-            token = int(torch.argmax(logits))
+            token = best if best is not None and not penalized and self.json is None else int(torch.argmax(logits))
         else:
             probs = torch.softmax(logits / p.temperature, dim=-1)
             if p.top_p < 1.0:
