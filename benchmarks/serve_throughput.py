@@ -137,7 +137,7 @@ def register_adapters(home: Path, folders: list[Path]) -> None:
         jobs.add_model(model_id, MODEL, "ftjob-bench", "lora", str(folder))
 
 
-def adapter_memory(model_dir: Path, folders: list[Path]) -> dict[str, Any]:
+def adapter_memory(model_dir: Path, folders: list[Path], activations: str) -> dict[str, Any]:
     """Base parameter bytes and each adapter's bytes as the server holds them."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -148,7 +148,7 @@ def adapter_memory(model_dir: Path, folders: list[Path]) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights once
     del model
-    half = int8_activations("auto")  # the server's default: float16 factors with int8 activations
+    half = int8_activations(activations)  # as the server holds them: float16 factors with int8 activations
     adapters = [load_lora(name, folder, half=half).nbytes for name, folder in zip(ADAPTERS, folders, strict=True)]
     return {"base_bytes": base_bytes, "adapter_bytes": adapters, "ratios": [b / base_bytes for b in adapters]}
 
@@ -294,8 +294,9 @@ def summarize_baseline(results: list[RequestResult]) -> Scenario:
 class Server(ServerProcess):
     """``tuneloop serve --no-worker`` in a subprocess on a free loopback port."""
 
-    def __init__(self, home: Path, max_batch: int, threads: int | None):
-        env = {"TUNELOOP_MAX_BATCH": str(max_batch), "TUNELOOP_API_KEY": API_KEY}
+    def __init__(self, home: Path, max_batch: int, threads: int | None, activations: str = "auto"):
+        env = {"TUNELOOP_MAX_BATCH": str(max_batch), "TUNELOOP_API_KEY": API_KEY,
+               "TUNELOOP_SERVE_ACTIVATIONS": activations}  # fmt: skip
         if threads:
             env["TUNELOOP_NUM_THREADS"] = str(threads)
         super().__init__(home, "--no-worker", env=env, log_path=home / "serve.log", inherit_settings=False)
@@ -462,6 +463,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="Completion tokens per request.")
     parser.add_argument("--quick", action="store_true", help="One round, fewer requests and baseline prompts.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of every scenario (full runs).")
+    parser.add_argument("--activations", choices=["auto", "float32", "int8"], default="auto",
+                        help="TUNELOOP_SERVE_ACTIVATIONS of the server.")  # fmt: skip
     parser.add_argument("--json", type=Path, help="Also write every number to this file.")
     parser.add_argument("--max-batch", type=int, default=16, help="TUNELOOP_MAX_BATCH of the server.")
     parser.add_argument("--threads", type=int, help="Torch threads for the baseline and server (default: all cores).")
@@ -479,7 +482,7 @@ def main() -> None:
         model_dir = prepare_home(home)
         folders = make_adapters(model_dir, home / "adapters", N_ADAPTERS)
         register_adapters(home, folders)
-        memory = adapter_memory(model_dir, folders)
+        memory = adapter_memory(model_dir, folders, args.activations)
         print(f"setup: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
         from tuneloop.config import Settings
@@ -496,7 +499,7 @@ def main() -> None:
         print(f"baseline: {baseline['tok_s']:.1f} tok/s ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
         gc.collect()
-        server = Server(home, args.max_batch, args.threads)
+        server = Server(home, args.max_batch, args.threads, args.activations)
         server.wait_ready()
         rss_start = server.rss_bytes()
         warm = warm_up(server)
@@ -518,7 +521,7 @@ def main() -> None:
     load_after = load_average()
     print()
     print(f"Serving throughput, {MODEL}, max_tokens={args.max_tokens}, greedy, streaming, "
-          f"{os.cpu_count()} CPUs, max_batch={args.max_batch}")  # fmt: skip
+          f"{os.cpu_count()} CPUs, max_batch={args.max_batch}, activations={args.activations}")  # fmt: skip
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min), {load_after[2]:.2f} (15 min)")
     print()
     print_table(baseline, scenarios)
