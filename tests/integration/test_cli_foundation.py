@@ -54,7 +54,9 @@ def test_chat_interactive_keeps_history(tiny_model):
 
 
 @pytest.mark.real_model
-def test_real_model_knows_paris(smollm2):
+def test_real_model_knows_paris(smollm2, monkeypatch):
+    # exact decoding: the first token is a near-tie ("The" 25.33 vs "L" 25.24) that int8 activations flip
+    monkeypatch.setenv("TUNELOOP_SERVE_ACTIVATIONS", "float32")
     result = run_cli("chat", smollm2, "-m", "What is the capital of France?")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout

@@ -115,3 +115,31 @@ def test_builds_without_vnni_have_no_int8_kernel():
     flags = native.cpu_flags()
     assert not native.has(native.load(native.build(flags - {"avx512_vnni"})), "tl_qmatmul_i8")
     assert not native.has(native.load(native.build(flags - {"avx512f"})), "tl_qmatmul_i8")
+
+
+@pytest.mark.real_model
+def test_int8_activations_stay_close_to_float32_on_the_bundled_model(smollm2_converted):
+    """Teacher-forced on float32's own greedy continuations: the same next token almost everywhere,
+    and a small KL divergence (the 4-bit weights themselves are a far larger approximation)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneloop.models.catalog import builtin_gguf_path
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_converted, dtype=torch.float32).eval()
+    runners = [ModelRunner(model, 4, 256, pack_model(model, "auto", builtin_gguf_path(), activations=a))
+               for a in ("float32", "int8")]  # fmt: skip
+    assert runners[1].int8_activations and runners[1].k_cache.dtype == torch.float16
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_converted)
+    questions = ["Why is the sky blue?", "How do bees make honey?", "Write a haiku about winter.", "What is DNA?"]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                             return_dict=False) for q in questions]  # fmt: skip
+    logits = [torch.stack([r.prefill(s, p, None) for s, p in enumerate(prompts)]) for r in runners]
+    rows = [list(zip(*logits, strict=True))]
+    for _ in range(23):  # float32's greedy tokens, fed to both
+        tokens = logits[0].argmax(dim=-1).tolist()
+        logits = [r.decode(list(range(4)), tokens, [None] * 4) for r in runners]
+        rows.append(list(zip(*logits, strict=True)))
+    pairs = [pair for step in rows for pair in step]
+    agree = sum(int(a.argmax()) == int(b.argmax()) for a, b in pairs) / len(pairs)
+    kl = [float((a.log_softmax(-1).exp() * (a.log_softmax(-1) - b.log_softmax(-1))).sum()) for a, b in pairs]
+    assert agree >= 0.9 and sum(kl) / len(kl) < 0.02, (agree, sum(kl) / len(kl))

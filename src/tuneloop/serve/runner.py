@@ -51,9 +51,9 @@ class ModelRunner:
         #: quantized codes by module (id), for the layers that have them
         self.packed = {id(self.hf.get_submodule(name)): codes for name, codes in (packed or {}).items()}
         self.codes_max_rows = max_rows() if self.packed else 0
-        #: whether the quantized layers round their inputs to int8 (``Int8ActivationCodes``)
         linears = [self.hf.lm_head, *(m for layer in self.hf.model.layers for m in _projections(layer))]
-        self._all_packed = all(id(m) in self.packed for m in linears)
+        self._all_packed = all(id(m) in self.packed for m in linears)  # every projection from codes
+        #: whether the quantized layers round their inputs to int8 (``Int8ActivationCodes``)
         self.int8_activations = any(isinstance(c, Int8ActivationCodes) for c in self.packed.values())
         self.core = self.hf.model
         cfg = self.hf.config
