@@ -78,11 +78,7 @@ class GroupQuantized:
         if self._call is None:
             self._call = self._bind()
         kernel, q, s, o, n, k = self._call
-        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k:
-            raise ValueError(f"expected float32 [M, {k}], got {x.dtype} {tuple(x.shape)}")
-        if not x.is_contiguous():
-            x = x.contiguous()
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        x, y = _operands(x, n, k)
         kernel(q, s, o, x.data_ptr(), y.data_ptr(), x.shape[0], n, k)
         return y
 
@@ -96,6 +92,13 @@ class GroupQuantized:
         kernel = lib.tl_qmatmul4 if self.bits == 4 else lib.tl_qmatmul
         offset = self.offset.data_ptr() if self.offset is not None else None
         return (kernel, self.codes.data_ptr(), self.scale.data_ptr(), offset, *self.shape)
+
+
+def _operands(x: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A kernel's input ``x [M, K]`` (checked, contiguous) and its output ``y [M, N]`` (uninitialised)."""
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"expected float32 [M, {k}], got {x.dtype} {tuple(x.shape)}")
+    return x.contiguous(), torch.empty(x.shape[0], n, dtype=torch.float32)
 
 
 LANES = 16  # output rows per block of the int8-activation layout
@@ -158,11 +161,7 @@ class Int8ActivationCodes:
             offset = self.offset.data_ptr() if self.offset is not None else None
             self._call = (lib.tl_qmatmul_i8, self.codes.data_ptr(), self.scale.data_ptr(), offset, *self.shape)
         kernel, q, s, o, n, k = self._call
-        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != k:
-            raise ValueError(f"expected float32 [M, {k}], got {x.dtype} {tuple(x.shape)}")
-        if not x.is_contiguous():
-            x = x.contiguous()
-        y = torch.empty(x.shape[0], n, dtype=torch.float32)
+        x, y = _operands(x, n, k)
         if kernel(q, s, o, x.data_ptr(), y.data_ptr(), x.shape[0], n, k, self.bits, self.zero):
             raise MemoryError("no memory for the rounded activations")
         return y

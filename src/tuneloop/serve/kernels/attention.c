@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "half.h"
+
 #include "exp.h"
 
 /* y = x * cos + rotate_half(x) * sin, rotate_half(x) = (-x[D/2:], x[:D/2]). */

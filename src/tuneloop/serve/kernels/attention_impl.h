@@ -1,37 +1,20 @@
 /* The attention kernel's body, included by attention.c once per cache type: CACHE (float, or
  * _Float16 with HALF 1) and NAME(x) (the name of x for that type). */
 
-/* p[0 .. n) as float32: p itself, or float16 values converted into buf (F16C, 8 at a time). */
-static inline const float *NAME(as_float)(const CACHE *p, float *buf, int64_t n) {
-#if HALF
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i))));
-    for (; i < n; i++) buf[i] = (float)p[i];
-    return buf;
-#else
-    (void)buf, (void)n;
-    return p;
-#endif
-}
+#define ELEMENT CACHE
+#include "as_float.h"
+#undef ELEMENT
 
 /* dst[0 .. n) = src, rounded to float16 for a float16 cache (nearest even). */
 static inline void NAME(store)(const float *src, CACHE *dst, int64_t n) {
 #if HALF
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) dst[i] = (_Float16)src[i];
+    float_to_half(src, dst, n);
 #else
     memcpy(dst, src, (size_t)n * sizeof(float));
 #endif
 }
 
 #if defined(__AVX512F__)
-#if HALF
-#define LOAD16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#else
-#define LOAD16(p) _mm512_loadu_ps(p)
-#endif
 /* One (token, key/value head) of the attention with 16-float lanes (D a multiple of 16): the
  * group's queries (rotated, scaled) score 16 keys at a time, and each value is loaded once for
  * every query head of the group. */

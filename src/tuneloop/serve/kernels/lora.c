@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "half.h"
+
 #define ROWS 4   /* rows per block */
 #define CHUNK 8  /* rank values per accumulator of the first stage (ranks are multiples of it) */
 #define BLOCK 64 /* output columns per task of the second stage */

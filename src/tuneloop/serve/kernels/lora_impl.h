@@ -1,18 +1,9 @@
 /* The LoRA kernel's body, included by lora.c once per factor type: FACTOR (float, or _Float16
  * with HALF 1) and NAME(x) (the name of x for that type). */
 
-/* p[0 .. n) as float32: p itself, or float16 values converted into buf (F16C, 8 at a time). */
-INLINE const float *NAME(as_float)(const FACTOR *p, float *buf, int n) {
-#if HALF
-    int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i))));
-    for (; i < n; i++) buf[i] = (float)p[i];
-    return buf;
-#else
-    (void)buf, (void)n;
-    return p;
-#endif
-}
+#define ELEMENT FACTOR
+#include "as_float.h"
+#undef ELEMENT
 /* t[r, j0 : j0 + CHUNK] = x[r] @ At[:, j0 : j0 + CHUNK] for ``rows`` rows (a constant once inlined) */
 INLINE void NAME(down)(const float *x, const FACTOR *at, float *t, int64_t K, int64_t rank, int64_t R, int64_t j0,
                  int rows) {
@@ -49,11 +40,6 @@ INLINE void NAME(up)(const float *t, const float *bt, int64_t ldb, float *y, int
 }
 
 #if defined(__AVX512F__)
-#if HALF
-#define LOAD16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#else
-#define LOAD16(p) _mm512_loadu_ps(p)
-#endif
 /* down for 16 rank values at a time (512-bit lanes; two accumulators per row over even and odd
  * inputs, so that the FMAs' latency overlaps); ``rows`` a constant once inlined */
 INLINE void NAME(down16)(const float *x, const FACTOR *at, float *t, int64_t K, int64_t rank, int64_t R, int rows) {
