@@ -69,7 +69,9 @@ def int8_activations(activations: ServeActivations) -> bool:
     if lib is not None and native.has(lib, "tl_qmatmul_i8"):
         return True
     if activations == "int8":
-        raise RuntimeError("int8 activations need a CPU with AVX-512 VNNI (set activations to auto or float32)")
+        raise RuntimeError(
+            "int8 activations need a CPU with AVX-512 VNNI (set TUNELOOP_SERVE_ACTIVATIONS to auto or float32)"
+        )
     return False
 
 
