@@ -198,7 +198,8 @@ def run_baseline(model_dir: Path, prompts: list[list[int]], max_tokens: int, thr
         end = time.perf_counter()
         gaps = [b - a for a, b in zip(clock.times, clock.times[1:], strict=False)]
         results.append(RequestResult(MODEL, start, end, clock.times[0] - start, gaps, tokens))
-    return asdict(summarize_baseline(results))
+    wall = max(r.end for r in results) - min(r.start for r in results)
+    return asdict(summarize("HF generate, 1 at a time", 1, [Round(results, wall, 0, None)]))
 
 
 # -- measuring the server --------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class Round:
     results: list[RequestResult]
     wall: float
     decode_steps: int
-    work: dict[str, float]
+    work: dict[str, float] | None  # engine decode/prefill seconds and client CPU seconds (None: no server)
 
 
 @dataclass
@@ -263,7 +264,9 @@ def summarize(name: str, concurrency: int, rounds: list[Round]) -> Scenario:
     ttfts = [r.ttft * 1000 for r in results]
     gaps = [g * 1000 for r in results for g in r.gaps]
     steps = sum(rnd.decode_steps for rnd in rounds)
-    work = {key: sum(rnd.work[key] for rnd in rounds) for key in ("decode_s", "prefill_s", "client_cpu_s")}
+    work = None
+    if all(rnd.work is not None for rnd in rounds):
+        work = {key: sum(rnd.work[key] for rnd in rounds) / wall for key in ("decode_s", "prefill_s", "client_cpu_s")}
     # every request's first token comes from its prefill; the rest from batched decode steps
     batch = (tokens - len(results)) / steps if steps else None
     return Scenario(
@@ -272,22 +275,9 @@ def summarize(name: str, concurrency: int, rounds: list[Round]) -> Scenario:
         itl_mean_ms=statistics.fmean(gaps) if gaps else float("nan"),
         itl_p95_ms=percentile(gaps, 95) if gaps else float("nan"), mean_batch=batch,
         models=sorted({r.model for r in results}),
-        decode_share=work["decode_s"] / wall, prefill_share=work["prefill_s"] / wall,
-        client_cpu=work["client_cpu_s"] / wall,
-        round_tok_s=[sum(r.tokens for r in rnd.results) / rnd.wall for rnd in rounds],
-    )  # fmt: skip
-
-
-def summarize_baseline(results: list[RequestResult]) -> Scenario:
-    """The baseline's line of the table (its requests ran back to back, no engine counters)."""
-    wall = max(r.end for r in results) - min(r.start for r in results)
-    tokens = sum(r.tokens for r in results)
-    gaps = [g * 1000 for r in results for g in r.gaps]
-    return Scenario(
-        name="HF generate, 1 at a time", concurrency=1, requests=len(results), wall_s=wall, tokens=tokens,
-        tok_s=tokens / wall, ttft_p50_ms=percentile([r.ttft * 1000 for r in results], 50),
-        ttft_p95_ms=percentile([r.ttft * 1000 for r in results], 95), itl_mean_ms=statistics.fmean(gaps),
-        itl_p95_ms=percentile(gaps, 95), mean_batch=None,
+        decode_share=work and work["decode_s"], prefill_share=work and work["prefill_s"],
+        client_cpu=work and work["client_cpu_s"],
+        round_tok_s=[sum(r.tokens for r in rnd.results) / rnd.wall for rnd in rounds] if work else [],
     )  # fmt: skip
 
 

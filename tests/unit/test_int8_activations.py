@@ -8,7 +8,7 @@ import torch
 
 from tuneloop.serve import native, packed_weights
 from tuneloop.serve.packed_weights import int8_activations, pack_model
-from tuneloop.serve.quantized import GroupQuantized, Int8ActivationCodes, round_activations
+from tuneloop.serve.quantized import GroupQuantized, Int8ActivationCodes, round_groups
 from tuneloop.serve.runner import ModelRunner
 
 from helpers import greedy_batch, greedy_runner
@@ -30,7 +30,7 @@ def random_weight(n: int, k: int, kind: str, seed: int = 0) -> GroupQuantized:
 
 def reference(weight: GroupQuantized, x: torch.Tensor) -> torch.Tensor:
     """``x`` rounded as the kernel rounds it, times the dequantized weight, in float64."""
-    codes, scale = round_activations(x)
+    codes, scale = round_groups(x)
     m, k = x.shape
     rounded = (codes.view(m, k // 32, 32) * scale[:, :, None]).view(m, k)
     return rounded.double() @ weight.dequantize().double().T
@@ -58,7 +58,7 @@ def test_rounding_stays_close_to_float32():
 
 def test_rounding_reference_matches_gguf_q8_rule():
     x = torch.tensor([[0.5, -1.0, 0.25, 2.0] + [0.0] * 28, [0.0] * 32])
-    codes, scale = round_activations(x)
+    codes, scale = round_groups(x)
     assert torch.equal(scale, torch.tensor([[2.0], [0.0]]) / 127)
     assert codes[0, :4].tolist() == [32.0, -64.0, 16.0, 127.0] and not codes[1].any()  # 31.75 -> 32
 

@@ -171,27 +171,24 @@ class Int8ActivationCodes:
 QuantizedWeight = GroupQuantized | Int8ActivationCodes
 
 
-def round_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x [M, K]`` rounded as the int8 kernel rounds it: codes [M, K] and scales [M, K // 32]
-    (``x ~ scale * codes`` per block of 32). The reference the kernel is tested against."""
+def round_groups(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [M, K]`` rounded to int8 per group of 32 by GGUF's Q8_0 rule (``scale = max|x| / 127``,
+    codes ``round(x * (1 / scale))``): codes [M, K] (int8 values, as float32) and scales [M, K // 32].
+    Lossy. The int8-activation kernel rounds its activations exactly so (this is its reference)."""
     m, k = x.shape
-    blocks = x.float().view(m, k // GROUP, GROUP)
-    amax = blocks.abs().amax(dim=-1)
-    inverse = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    codes = torch.round(blocks * inverse[:, :, None]).clamp(-128, 127)
-    return codes.view(m, k), amax / 127.0
+    if k % GROUP:
+        raise ValueError(f"input size {k} is not a multiple of {GROUP}")
+    groups = x.detach().float().cpu().reshape(m, k // GROUP, GROUP)
+    scale = groups.abs().amax(dim=-1) / 127.0
+    inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    codes = torch.round(groups * inverse[:, :, None]).clamp(-127, 127)
+    return codes.view(m, k), scale
 
 
 def quantize_int8(weight: torch.Tensor) -> GroupQuantized:
-    """Symmetric int8 per group of 32 (GGUF's Q8_0 rule): ``scale = max|w| / 127``. Lossy."""
-    n, k = weight.shape
-    if k % GROUP:
-        raise ValueError(f"input size {k} is not a multiple of {GROUP}")
-    groups = weight.detach().float().cpu().reshape(n, k // GROUP, GROUP)
-    scale = groups.abs().amax(dim=-1) / 127.0
-    inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    codes = torch.round(groups * inverse[:, :, None]).clamp(-127, 127).to(torch.int8)
-    return GroupQuantized(codes.reshape(n, k).contiguous(), scale.contiguous(), None)
+    """A weight as symmetric int8 codes per group of 32 (``round_groups``). Lossy."""
+    codes, scale = round_groups(weight)
+    return GroupQuantized(codes.to(torch.int8).contiguous(), scale.contiguous(), None)
 
 
 def max_rows() -> int:

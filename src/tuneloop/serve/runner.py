@@ -112,15 +112,8 @@ class ModelRunner:
     # -- forward ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, slot: int, token_ids: Sequence[int], adapter: LoraAdapter | None) -> torch.Tensor:
-        """Run a prompt (or its uncached tail) for one slot; return the last position's logits."""
-        start = self.lengths[slot]
-        n = len(token_ids)
-        self._ensure_capacity(start + n)
-        tokens = torch.tensor(token_ids, device=self.device)
-        positions = list(range(start, start + n))
-        hidden = self._forward(tokens, [slot] * n, positions, self._lora_plan([adapter] * n))
-        self.lengths[slot] = start + n
-        return self._logits(hidden[-1:])[0]
+        """Run a prompt (or its uncached tail) of any length for one slot; return the last position's logits."""
+        return self.step([slot], [token_ids], [adapter])[0]
 
     @torch.inference_mode()
     def decode(self, slots: Sequence[int], token_ids: Sequence[int], adapters: Sequence[LoraAdapter | None]):
@@ -139,14 +132,15 @@ class ModelRunner:
         self, slots: Sequence[int], token_ids: Sequence[Sequence[int]], adapters: Sequence[LoraAdapter | None]
     ) -> torch.Tensor:
         """Advance each slot by its new tokens in one forward pass: one token for a sequence being
-        decoded, or the tail of a new prompt (up to ``SHORT_PREFILL`` tokens, ``joins_prompts`` only);
-        return each slot's last-token logits [len(slots), vocab].
+        decoded, or the tail of a new prompt (any length alone; beside other sequences up to
+        ``SHORT_PREFILL`` tokens, ``joins_prompts`` only); return each slot's last-token logits
+        [len(slots), vocab].
 
         Every token's row is computed as it would be alone, so joining prompts to a decode step
         changes no result, and saves a pass over the weights for each prompt."""
-        if any(len(ids) != 1 for ids in token_ids) and not (
-            self.joins_prompts and all(0 < len(ids) <= SHORT_PREFILL for ids in token_ids)
-        ):
+        sizes = [len(ids) for ids in token_ids]
+        joined = len(sizes) > 1 and max(sizes) > 1
+        if min(sizes) < 1 or (joined and not (self.joins_prompts and max(sizes) <= SHORT_PREFILL)):
             raise ValueError(f"a step takes one token per sequence, or prompt tails of 1..{SHORT_PREFILL} tokens")
         # rows sorted by adapter, so that every adapter's rows are one contiguous slice
         order = sorted(range(len(slots)), key=lambda i: "" if adapters[i] is None else adapters[i].name)

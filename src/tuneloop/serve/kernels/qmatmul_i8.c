@@ -3,7 +3,7 @@
  * The same weights as ``qmatmul.c`` (W[n, k] = scale[n, g] * q[n, k] + offset[n, g], g = k / 32),
  * multiplied by activations rounded to int8 per block of 32 inputs, as llama.cpp does on CPU:
  *
- *     x[m, k] ~ d[m, g] * xq[m, k],  d = max|x[m, block]| / 127,  xq = round(x / d)
+ *     x[m, k] ~ d[m, g] * xq[m, k],  d = max|x[m, block]| / 127,  xq = round(x * (1 / d))
  *     y[m, n] = sum_g d[m, g] * (scale[n, g] * A + offset[n, g] * X),
  *     A = sum_{k in g} (q[n, k] - zero) * xq[m, k] (exact, int32),  X = sum_{k in g} xq[m, k]
  *
@@ -38,14 +38,15 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int32_t zero, in
             const float *p = x + m * K + g * GROUP;
             const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-            const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+            const float scale = amax / 127.0f; /* GGUF's Q8_0 rule, as quantized.round_groups */
+            const __m512 inverse = _mm512_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
             const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));  /* nearest, ties to even */
             const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
             _mm_storeu_si128((__m128i *)(xq + m * K + g * GROUP), _mm512_cvtsepi32_epi8(qa));
             _mm_storeu_si128((__m128i *)(xq + m * K + g * GROUP + 16), _mm512_cvtsepi32_epi8(qb));
             const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
-            d[m * G + g] = amax / 127.0f;
-            dx[m * G + g] = amax / 127.0f * (float)sum;
+            d[m * G + g] = scale;
+            dx[m * G + g] = scale * (float)sum;
             start[m * G + g] = -zero * sum;
         }
 }
