@@ -13,7 +13,19 @@ from helpers import greedy_batch, greedy_runner
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
-LAYERS, SLOTS, KV, CAPACITY, D, HEADS = 2, 8, 2, 32, 16, 6
+LAYERS, SLOTS, CAPACITY = 2, 8, 32
+#: (head size, query heads, key/value heads): the kernel's general loop (D 16, groups of 3 and 5)
+#: and its register-resident one (D 64, groups of 1 to 4 query heads per key/value head)
+SHAPES = [(16, 6, 2), (16, 10, 2), (64, 2, 2), (64, 4, 2), (64, 9, 3), (64, 8, 2)]
+D, HEADS, KV = SHAPES[0]
+
+
+@pytest.fixture(params=SHAPES, ids=lambda s: f"D{s[0]}-H{s[1]}-KV{s[2]}")
+def shape(request, monkeypatch):
+    """Run the test with this module's D, HEADS and KV set to each of ``SHAPES``."""
+    for name, value in zip(("D", "HEADS", "KV"), request.param, strict=True):
+        monkeypatch.setitem(globals(), name, value)
+    return request.param
 
 
 def caches(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +55,7 @@ def run(slots, positions, use_kernel: bool, seed: int = 0):
 
 
 @needs_kernels
-def test_kernel_matches_torch_and_writes_the_same_cache():
+def test_kernel_matches_torch_and_writes_the_same_cache(shape):
     slots, positions = [5, 0, 3, 7, 2], [9, 0, 31, 4, 17]  # unsorted, with gaps; a first token; a full slot
     out, k_cache, v_cache = run(slots, positions, use_kernel=True)
     ref, k_ref, v_ref = run(slots, positions, use_kernel=False)
@@ -53,7 +65,7 @@ def test_kernel_matches_torch_and_writes_the_same_cache():
 
 
 @needs_kernels
-def test_a_token_gives_the_same_bits_alone_or_in_a_batch():
+def test_a_token_gives_the_same_bits_alone_or_in_a_batch(shape):
     together, _, _ = run([5, 0, 3, 7, 2], [9, 0, 31, 4, 17], use_kernel=True)
     for i, (slot, position) in enumerate(zip([5, 0, 3, 7, 2], [9, 0, 31, 4, 17], strict=True)):
         alone, _, _ = run([slot], [position], use_kernel=True)
@@ -100,7 +112,7 @@ def test_a_short_prefill_through_the_kernel_matches_torch(tiny_model_dir, monkey
 
 
 @needs_kernels
-def test_float16_caches_hold_rounded_keys_and_give_the_float32_attention_of_them():
+def test_float16_caches_hold_rounded_keys_and_give_the_float32_attention_of_them(shape):
     slots, positions = [5, 0, 3, 7, 2], [9, 0, 31, 4, 17]
     k32, v32 = caches()
     k16, v16 = k32.half(), v32.half()

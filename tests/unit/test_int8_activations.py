@@ -18,11 +18,13 @@ pytestmark = pytest.mark.skipif(not HAS_KERNEL, reason="no AVX-512 VNNI int8 ker
 
 
 def random_weight(n: int, k: int, kind: str, seed: int = 0) -> GroupQuantized:
-    """A Q4_1-like (4-bit, own offsets), Q4_0-like (4-bit, offset -8 scale) or Q8_0-like weight."""
+    """A Q4_1-like (4-bit, own offsets), Q4_0-like (4-bit, offset -8 scale), Q8_0-like or Q8_1-like
+    (8-bit, own offsets) weight."""
     g = torch.Generator().manual_seed(seed)
     scale = torch.rand(n, k // 32, generator=g) * 0.1
-    if kind == "q8":
-        return GroupQuantized(torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8), scale, None)
+    if kind in ("q8", "q8_1"):
+        offset = -torch.rand(n, k // 32, generator=g) if kind == "q8_1" else None
+        return GroupQuantized(torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8), scale, offset)
     packed = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
     offset = -8.0 * scale if kind == "q4_0" else -torch.rand(n, k // 32, generator=g)
     return GroupQuantized(packed, scale, offset)
@@ -36,13 +38,14 @@ def reference(weight: GroupQuantized, x: torch.Tensor) -> torch.Tensor:
     return rounded.double() @ weight.dequantize().double().T
 
 
-@pytest.mark.parametrize("kind", ["q4_1", "q4_0", "q8"])
+@pytest.mark.parametrize("kind", ["q4_1", "q4_0", "q8", "q8_1"])
 @pytest.mark.parametrize("rows", [1, 3, 8, 13])
 def test_kernel_matches_the_rounded_product(kind, rows):
     weight = random_weight(37, 96, kind)  # 37 outputs: a block of 16 rows that is only partly used
     codes = Int8ActivationCodes.from_codes(weight)
-    assert codes.zero == {"q4_1": 0, "q4_0": 8, "q8": 128}[kind]
-    assert (codes.offset is None) == (kind != "q4_1")  # Q4_0's offset became the integer zero point
+    # Q4_0's offset became the integer zero point; an 8-bit weight's offsets take in its zero point
+    assert codes.zero == {"q4_1": 0, "q4_0": 8, "q8": 128, "q8_1": 0}[kind]
+    assert (codes.offset is None) == (kind in ("q4_0", "q8"))
     x = torch.randn(rows, 96) * torch.logspace(-2, 1, 96)  # blocks of very different magnitudes
     expected = reference(weight, x)
     assert torch.allclose(codes.matmul(x).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max())

@@ -144,10 +144,11 @@ def _raise_if_error(event: FinishEvent) -> None:
 
 
 async def _sse(stream, target, meta: dict, prompt_tokens: int, n: int, include_usage: bool, http: Request):
+    # every chunk's fields but its choices and usage, encoded once (a chunk a token per stream)
+    head = json.dumps({**meta, "object": "chat.completion.chunk", "system_fingerprint": None})[:-1]
+
     def chunk(choices: list, usage: dict | None = None) -> str:
-        body = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None, "choices": choices}
-        body["usage"] = usage
-        return f"data: {json.dumps(body)}\n\n"
+        return f'data: {head}, "choices": {json.dumps(choices)}, "usage": {json.dumps(usage)}}}\n\n'
 
     for i in range(n):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,

@@ -151,12 +151,16 @@ async def events(stream: Stream, http: HTTPRequest | None = None) -> AsyncIterat
     pending = len(stream.requests)
     try:
         while pending:
-            try:
-                index, event = await asyncio.wait_for(stream.queue.get(), timeout=1.0)
-            except TimeoutError:
-                if http is not None and await http.is_disconnected():
-                    return
-                continue
+            try:  # what a step already delivered, else wait (a timeout costs less than wait_for's task)
+                index, event = stream.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(1.0):
+                        index, event = await stream.queue.get()
+                except TimeoutError:
+                    if http is not None and await http.is_disconnected():
+                        return
+                    continue
             if isinstance(event, FinishEvent):
                 pending -= 1
             yield index, event

@@ -119,7 +119,7 @@ class Int8ActivationCodes:
     offset: torch.Tensor | None  # float32 [blocks, K // 32, 16], or None
     shape: tuple[int, int]  # the weight's [N, K]
     bits: int  # 8 or 4
-    zero: int  # subtracted from every code: 128 for 8-bit codes (stored + 128), 8 for Q4_0, else 0
+    zero: int  # subtracted from every code: 128 for 8-bit codes (stored + 128), 8 for Q4_0; 0 with an offset
 
     def __post_init__(self) -> None:
         self._call: tuple | None = None
@@ -143,6 +143,8 @@ class Int8ActivationCodes:
             nibbles = codes.to(torch.uint8).view(blocks, LANES, groups, 4, 2, 4)
             chunks = nibbles[:, :, :, :, 0] | (nibbles[:, :, :, :, 1] << 4)
         if offset is not None:
+            if zero:  # the kernel's tiles with offsets take no zero point: s * (q - z) + o = s * q + (o - z * s)
+                offset, zero = offset - zero * weight.scale, 0
             offset = F.pad(offset, (0, 0, 0, pad)).view(blocks, LANES, groups).transpose(1, 2).contiguous()
         laid = chunks.permute(0, 2, 3, 1, 4).contiguous().view(-1)  # [block, group, chunk, row, byte]
         return cls(laid, scale, offset, (n, k), weight.bits, zero)

@@ -71,8 +71,10 @@ static inline int32_t four_bytes(const int8_t *p) {
     return v;
 }
 
-/* MB rows of x times one block of 16 output rows, over all K inputs; OFF: the weight has offsets.
- * The row loop is unrolled so that the MB accumulators stay in registers. */
+/* MB rows of x times one block of 16 output rows, over all K inputs; OFF: the weight has offsets
+ * (and then no zero point: ``from_codes`` folds it into the offsets). The row loops are unrolled
+ * so that the MB sums stay in registers, and each chunk of codes meets every row in turn: MB
+ * independent dot products in flight (16 rows, 1536 x 576, one core: 282 -> 299 GMAC/s). */
 #define TILE(MB, BITS, OFF)                                                                          \
     static inline void tile_##MB##_##BITS##_##OFF(const uint8_t *w, const float *s, const float *o,  \
                                                   const int8_t *xq, const float *d, const float *dx, \
@@ -89,13 +91,15 @@ static inline int32_t four_bytes(const int8_t *p) {
                     _mm_prefetch((const char *)next + g * (LANES * GROUP * BITS / 8) + l, _MM_HINT_T0); \
             const __m512 sg = _mm512_loadu_ps(s + g * LANES);                                        \
             const __m512 og = OFF ? _mm512_loadu_ps(o + g * LANES) : _mm512_setzero_ps();            \
+            /* chunk by chunk over the rows: MB independent sums in flight */                      \
+            __m512i dot[MB];                                                                         \
+            for (int r = 0; r < MB; r++) dot[r] = OFF ? _mm512_setzero_si512() : _mm512_set1_epi32(start[r * G + g]); \
+            _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++)                                      \
+                _Pragma("GCC unroll 8") for (int r = 0; r < MB; r++)                                 \
+                    dot[r] = _mm512_dpbusd_epi32(dot[r], v[c], _mm512_set1_epi32(four_bytes(xq + r * K + g * GROUP + 4 * c))); \
             _Pragma("GCC unroll 8") for (int r = 0; r < MB; r++) {                                   \
-                const int8_t *xg = xq + r * K + g * GROUP;                                           \
-                __m512i dot = _mm512_set1_epi32(start[r * G + g]);                                   \
-                _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++)                                  \
-                    dot = _mm512_dpbusd_epi32(dot, v[c], _mm512_set1_epi32(four_bytes(xg + 4 * c))); \
                 const __m512 sd = _mm512_mul_ps(sg, _mm512_set1_ps(d[r * G + g]));                   \
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sd, acc[r]);                       \
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), sd, acc[r]);                    \
                 if (OFF) acc[r] = _mm512_fmadd_ps(og, _mm512_set1_ps(dx[r * G + g]), acc[r]);        \
             }                                                                                        \
         }                                                                                            \
