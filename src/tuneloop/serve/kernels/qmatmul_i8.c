@@ -88,7 +88,7 @@ static inline int32_t four_bytes(const int8_t *p) {
             codes##BITS(w + g * (LANES * GROUP * BITS / 8), v);                                      \
             if (next)                                                                                \
                 for (int l = 0; l < LANES * GROUP * BITS / 8; l += 64)                               \
-                    _mm_prefetch((const char *)next + g * (LANES * GROUP * BITS / 8) + l, _MM_HINT_T0); \
+                    _mm_prefetch((const char *)next + g * (LANES * GROUP * BITS / 8) + l, _MM_HINT_T1); \
             const __m512 sg = _mm512_loadu_ps(s + g * LANES);                                        \
             const __m512 og = OFF ? _mm512_loadu_ps(o + g * LANES) : _mm512_setzero_ps();            \
             /* chunk by chunk over the rows: MB independent sums in flight */                      \
@@ -165,8 +165,16 @@ int tl_qmatmul_i8(const uint8_t *codes, const float *scale, const float *offset,
             const float *dm = d + m * G, *dxm = dx + m * G;
             const int32_t *sm = start + m * G;
             float *ym = y + m * N + n;
-            /* the first tile of rows fetches the next block's codes while it computes */
+            /* the first tile of rows fetches the next block's codes (group by group, in the tile) and
+             * its scales and offsets while it computes: at 16 rows a step's products ran 7.5 ms
+             * without, 5.8 with the codes alone, 5.4 with all three (the hardware's prefetcher
+             * does not keep up with the three streams) */
             const uint8_t *next = m == 0 && b + 1 < blocks ? w + block_bytes : 0;
+            if (next)
+                for (int64_t l = 0; l < G * LANES * (int64_t)sizeof(float); l += 64) {
+                    _mm_prefetch((const char *)(s + G * LANES) + l, _MM_HINT_T1);
+                    if (o) _mm_prefetch((const char *)(o + G * LANES) + l, _MM_HINT_T1);
+                }
             if (bits == 4) {
                 if (o) tile_4_1(mb, w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
                 else tile_4_0(mb, w, s, o, xm, dm, dxm, sm, ym, N, K, valid, next);
