@@ -14,7 +14,8 @@
 
 void tl_add_rmsnorm(float *x, const float *delta, const float *weight, float eps, float *out, int64_t M,
                     int64_t H) {
-#pragma omp parallel for schedule(static) if (M >= 8)
+    /* threads only for many rows: 16 rows of 576 take 2.2 us on one, 3.6 us on two */
+#pragma omp parallel for schedule(static) if (M >= 64)
     for (int64_t m = 0; m < M; m++) {
         float *xm = x + m * H, *om = out + m * H;
         if (delta) {
