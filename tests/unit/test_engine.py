@@ -139,31 +139,41 @@ def test_close_with_cancel_ends_running_and_waiting_requests(tiny):
     assert not engine.thread.is_alive()
 
 
-def test_short_prompts_join_the_decode_step_and_change_nothing(tiny):
+def test_prompts_join_the_decode_steps_a_piece_a_step_and_change_nothing(tiny):
     from tuneloop.serve import native
     from tuneloop.serve.packed_weights import pack_model
 
     if not native.available():
         pytest.skip("prompts join decode steps only with the C kernels")
     packed = pack_model(tiny[0], "int8", activations="auto")
+    limit = max_rows()  # rows a step takes: 256 on AVX-512, 32 on AVX2
     prompts = [list(range(10, 30)), list(range(40, 52)), list(range(100, 200)), list(range(60, 66))]
 
-    def run(batch: list[list[int]], max_batch: int) -> tuple[list[list[int]], int]:
-        engine = Engine(*tiny, max_batch=max_batch, max_len=512, packed=packed)
-        passes = []
-        prefill = engine.runner.prefill
-        engine.runner.prefill = lambda *args: passes.append(1) or prefill(*args)
+    def run(batch: list[list[int]], max_batch: int) -> tuple[list[list[int]], list[list[int]]]:
+        engine = Engine(*tiny, max_batch=max_batch, max_len=1024, packed=packed)
+        passes: list[list[int]] = []  # the tokens each sequence got in each forward pass
+        step = engine.runner.step
+
+        def counted(slots, ids, adapters):
+            passes.append(list(map(len, ids)))
+            return step(slots, ids, adapters)
+
+        engine.runner.step = counted
         try:
-            return generate(engine, tiny[1], batch), len(passes)
+            return generate(engine, tiny[1], batch), passes
         finally:
             engine.close()
 
     together, passes = run(prompts, 4)
-    assert passes == 1  # only the 100-token prompt had a pass of its own
-    solo = [run([p], 1)[0][0] for p in prompts]
-    assert together == solo
-    # more prompt rows than a step takes (256 on AVX-512): the rest wait for the next step
+    assert together == [run([p], 1)[0][0] for p in prompts]
+    assert all(sum(rows) <= limit for rows in passes)
+    # more prompt rows than a step takes: the rest wait for the next step
     many = [list(range(1000 + 100 * i, 1060 + 100 * i)) for i in range(6)]
-    together, passes = run(many, 6)
-    assert together == [run([p], 1)[0][0] for p in many]
-    assert passes == (0 if max_rows() >= 64 else 6)  # an AVX2 step takes 32 rows: a pass each
+    assert run(many, 6)[0] == [run([p], 1)[0][0] for p in many]
+    # a prompt longer than a step takes, beside two others: a piece a step while they decode
+    long = list(range(2000, 2000 + 2 * limit + 40))
+    together, passes = run([prompts[0], prompts[1], long], 3)
+    assert together == [run([p], 1)[0][0] for p in (prompts[0], prompts[1], long)]
+    pieces = [max(rows) for rows in passes if max(rows) > 1 and sum(rows) > len(prompts[0]) + len(prompts[1])]
+    assert len(pieces) >= 3 and all(sum(rows) <= limit for rows in passes)
+    assert any(rows.count(1) == 2 and max(rows) > 1 for rows in passes)  # decode rows beside a piece

@@ -178,6 +178,28 @@ def test_prompts_joining_a_decode_step_change_no_row(tiny, adapters, activations
     assert torch.equal(after[0], alone(*joining[0])[1]) and torch.equal(after[1], alone(*joining[1])[1])
 
 
+@needs_kernels
+@pytest.mark.parametrize("activations", ["float32", "int8"])
+def test_a_long_prompt_gives_the_same_bits_however_it_is_split(tiny, activations):
+    from tuneloop.serve.packed_weights import int8_activations, pack_model
+    from tuneloop.serve.quantized import max_rows
+
+    if activations == "int8" and not int8_activations("auto"):
+        pytest.skip("no int8-activation kernel on this CPU")
+    packed = pack_model(tiny, "int8", activations=activations)
+    limit = max_rows()
+    prompt = list(range(700, 700 + 2 * limit + 50))  # more than two steps' worth
+    whole = ModelRunner(tiny, 2, 1024, packed).prefill(0, prompt, None)  # in steps of `limit` tokens
+    runner = ModelRunner(tiny, 2, 1024, packed)
+    runner.prefill(0, prompt[:37], None)
+    runner.prefill(0, prompt[37 : 32 + limit], None)
+    assert torch.equal(runner.prefill(0, prompt[32 + limit :], None), whole)
+    runner.start(1, cached=100, source=0)  # a cached prefix from another slot, then the rest
+    assert torch.equal(runner.prefill(1, prompt[100:], None), whole)
+    with pytest.raises(ValueError, match=f"up to {limit} tokens"):
+        runner.step([0, 1], [[1] * limit, [2]], [None, None])
+
+
 def test_a_step_refuses_prompt_tails_it_cannot_join(tiny):
     runner = ModelRunner(tiny, 2, 256)  # float32 weights: prompts get passes of their own
     with pytest.raises(ValueError, match="one token per sequence"):

@@ -3,9 +3,10 @@
 A background thread owns the model. Between decode steps it admits waiting requests (each gets a
 KV-cache slot), then advances every active request by one token in a single batched forward pass;
 finished or cancelled requests leave at once. Where the runner can (``ModelRunner.joins_prompts``),
-the new requests' prompt tails of up to 64 tokens ride in that same pass, so the weights are read
-once for all of them; longer prompts get a prefill pass of their own. Greedy results do not depend
-on the batch: every row is computed as it would be alone.
+the new requests' prompts ride in that same pass, up to ``codes_max_rows`` rows a step with the
+decode rows first: the weights are read once for all of them, and a long prompt is computed a piece
+a step while the others keep decoding (chunked prefill). Else each prompt gets a prefill pass of
+its own. Greedy results do not depend on the batch: every row is computed as it would be alone.
 
 Prefix caching: a slot keeps the tokens whose keys and values it holds after its request ends.
 A new request takes the slot (or copies the prefix of the slot) that shares the longest prefix
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 from tuneloop.serve.lora_weights import LoraAdapter
 from tuneloop.serve.quantized import QuantizedWeight
-from tuneloop.serve.runner import SHORT_PREFILL, ModelRunner
+from tuneloop.serve.runner import ModelRunner
 from tuneloop.serve.sampling import Sampler, SamplingParams, TokenChoice
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class Engine:
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
-        #: admitted requests (slot taken) whose prompt tails wait for room in the next step
+        #: admitted requests (slot taken) whose prompts (the rest of them) wait for room in the next step
         self.pending: list[tuple[Request, list[int]]] = []
         self.free_slots = list(range(max_batch))  # least recently used first
         #: Per slot: the adapter name and the tokens whose keys/values the slot's cache holds.
@@ -192,13 +193,14 @@ class Engine:
                     self._step(joining)
             except Exception as exc:  # never let one bad batch kill the engine
                 log.exception("decode step failed")
-                for request in [*self.active, *(r for r, _ in joining)]:
+                for request in [*self.active, *(r for r, _, _ in joining)]:
                     self._finish(request, "error", str(exc))
 
-    def _joining(self, new: list[tuple[Request, list[int] | None]]) -> list[tuple[Request, list[int]]]:
-        """The new requests (tail None: not admitted yet) whose prompt tails ride in this step; a long
-        tail gets a pass of its own now, one that does not fit in this step's rows waits for the next."""
-        joining: list[tuple[Request, list[int]]] = []
+    def _joining(self, new: list[tuple[Request, list[int] | None]]) -> list[Joining]:
+        """The new requests (tail None: not admitted yet) whose prompts ride in this step, each with
+        the piece this step computes and the rest; a request that finds no room keeps its slot and
+        goes first next step. Where the runner cannot join prompts, each gets a pass of its own now."""
+        joining: list[Joining] = []
         rows, self.pending = len(self.active), []
         runner = self.runner
         for request, tail in new:
@@ -210,13 +212,13 @@ class Engine:
                 elif request.cancelled.is_set():
                     self._finish(request, "cancelled")
                     continue
-                limit = runner.codes_max_rows  # rows a step computes from codes
-                if not runner.joins_prompts or len(tail) > SHORT_PREFILL or len(self.active) + len(tail) > limit:
+                room = runner.codes_max_rows - rows  # rows a step computes from codes
+                if not runner.joins_prompts:
                     self._prefill(request, tail)
-                elif rows + len(tail) <= limit:
-                    joining.append((request, tail))
-                    rows += len(tail)
-                else:  # it keeps its slot, and goes first next step
+                elif room > 0:
+                    joining.append((request, tail[:room], tail[room:]))
+                    rows += min(room, len(tail))
+                else:
                     self.pending.append((request, tail))
             except Exception as exc:  # a request that fails alone fails alone
                 log.exception("prefill failed")
@@ -235,7 +237,7 @@ class Engine:
         return request.prompt_ids[reused:]
 
     def _prefill(self, request: Request, tail: list[int]) -> None:
-        """A pass of its own for a prompt tail too long to join a step."""
+        """A pass of its own for a prompt, where the runner cannot join prompts to its steps."""
         started = time.perf_counter()
         logits = self.runner.prefill(request.slot, tail, request.adapter)
         self.prefill_seconds += time.perf_counter() - started
@@ -267,15 +269,15 @@ class Engine:
         self.runner.start(slot, cached=reuse, source=best)
         return reuse
 
-    def _step(self, joining: list[tuple[Request, list[int]]]) -> None:
-        """One forward pass: a token for every active request, and the joining requests' prompt tails."""
+    def _step(self, joining: list[Joining]) -> None:
+        """One forward pass: a token for every active request, and a piece of each joining prompt."""
         batch = list(self.active)
-        requests = [*batch, *(r for r, _ in joining)]
-        tokens = [[r.last_token] for r in batch] + [tail for _, tail in joining]
+        requests = [*batch, *(r for r, _, _ in joining)]
+        tokens = [[r.last_token] for r in batch] + [piece for _, piece, _ in joining]
         started = time.perf_counter()
         logits = self.runner.step([r.slot for r in requests], tokens, [r.adapter for r in requests])
         elapsed = time.perf_counter() - started
-        prompt_share = sum(len(tail) for _, tail in joining) / sum(map(len, tokens))
+        prompt_share = sum(len(piece) for _, piece, _ in joining) / sum(map(len, tokens))
         self.prefill_seconds += elapsed * prompt_share
         self.decode_seconds += elapsed * (1 - prompt_share)
         self.steps += bool(batch)
@@ -283,8 +285,14 @@ class Engine:
         for request, row, top in zip(batch, logits[: len(batch)], best[: len(batch)], strict=True):
             self.cached[request.slot][1].append(request.last_token)  # its keys/values were written by this step
             self._accept(request, request.sampler.choose(row, top))
-        for (request, _), row, top in zip(joining, logits[len(batch) :], best[len(batch) :], strict=True):
-            self._started(request, row, top)
+        unfinished = []  # prompts with more to compute: first in the next step
+        for (request, piece, rest), row, top in zip(joining, logits[len(batch) :], best[len(batch) :], strict=True):
+            if rest:
+                self.cached[request.slot][1].extend(piece)
+                unfinished.append((request, rest))
+            else:
+                self._started(request, row, top)
+        self.pending[:0] = unfinished
 
     def _accept(self, request: Request, choice: TokenChoice) -> None:
         if choice.token in request.sampler.eos_ids:
@@ -315,6 +323,10 @@ class Engine:
         if tail:
             request.on_event(TokenEvent(tail, None))
         request.on_event(FinishEvent(reason, request.generated, error))
+
+
+#: a request joining a step: the piece of its prompt this step computes, and the rest
+Joining = tuple[Request, list[int], list[int]]
 
 
 def _adapter_name(adapter: LoraAdapter | None) -> str | None:

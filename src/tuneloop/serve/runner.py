@@ -6,8 +6,10 @@ adapter each slot uses: the base weights are read once per step for the whole ba
 adapter's low-rank update is applied only to its own rows. Works for Llama, SmolLM2, Qwen2 and
 Mistral (HF module weights are used as they are; nothing is copied). Layers given 8- or 4-bit
 codes (``packed``, see ``packed_weights``) run steps of up to ``quantized.max_rows()`` rows from
-the codes (as many as the kernel beats float32 for), longer prefills from the float32 weight;
-the codes multiply float32 activations, or activations rounded to int8 (``Int8ActivationCodes``).
+the codes (as many as the kernel beats float32 for); the codes multiply float32 activations, or
+activations rounded to int8 (``Int8ActivationCodes``). Where every projection has codes, a step
+mixes decode tokens and pieces of prompts, and a long prompt runs as several such steps; else
+longer prefills run from the float32 weights.
 On CPU the small operations of a layer run as C kernels (``native``): decode attention, LoRA
 updates, residual add + RMSNorm, SiLU gating; torch does them where the kernels are not built.
 """
@@ -36,8 +38,8 @@ from tuneloop.serve.quantized import Int8ActivationCodes, QuantizedWeight, max_r
 #: Stacks of adapters kept for batches that mix several, in torch (each holds a copy of its adapters' factors).
 MAX_STACKS = 2
 
-#: Prompts up to this many tokens attend through the C kernel (one call per layer); longer ones
-#: through torch's scaled-dot-product attention, whose work grows better with the prompt.
+#: Where the runner does not join prompts (float32 weights), prompts up to this many tokens attend
+#: through the C kernel (one call per layer), longer ones through torch's scaled-dot-product attention.
 SHORT_PREFILL = 64
 
 LoraPlan = LoraRows | LoraGroups | StackedLora
@@ -112,8 +114,16 @@ class ModelRunner:
     # -- forward ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, slot: int, token_ids: Sequence[int], adapter: LoraAdapter | None) -> torch.Tensor:
-        """Run a prompt (or its uncached tail) of any length for one slot; return the last position's logits."""
-        return self.step([slot], [token_ids], [adapter])[0]
+        """Run a prompt (or its uncached tail) of any length for one slot; return the last position's
+        logits. Where ``joins_prompts``, in steps of up to ``codes_max_rows`` tokens, each computed as
+        in any step: a prompt's result does not depend on how it is split (cache, chunks, batches)."""
+        if not token_ids:
+            raise ValueError("a prefill needs at least one token")
+        if not self.joins_prompts:
+            return self.step([slot], [token_ids], [adapter])[0]
+        for start in range(0, len(token_ids), self.codes_max_rows):
+            logits = self.step([slot], [token_ids[start : start + self.codes_max_rows]], [adapter])
+        return logits[0]
 
     @torch.inference_mode()
     def decode(self, slots: Sequence[int], token_ids: Sequence[int], adapters: Sequence[LoraAdapter | None]):
@@ -122,9 +132,9 @@ class ModelRunner:
 
     @property
     def joins_prompts(self) -> bool:
-        """Whether ``step`` takes prompt tails beside decode rows: with the C kernels and every
-        projection decoded from codes, whose kernels compute a row alike in any batch of up to
-        ``codes_max_rows`` rows (MKL's float32 products may not)."""
+        """Whether ``step`` takes pieces of prompts beside decode rows (up to ``codes_max_rows`` rows
+        in all): with the C kernels and every projection decoded from codes, whose kernels compute
+        a row alike in any batch (MKL's float32 products and torch's attention may not)."""
         return self._kernels is not None and self._all_packed
 
     @torch.inference_mode()
@@ -132,16 +142,19 @@ class ModelRunner:
         self, slots: Sequence[int], token_ids: Sequence[Sequence[int]], adapters: Sequence[LoraAdapter | None]
     ) -> torch.Tensor:
         """Advance each slot by its new tokens in one forward pass: one token for a sequence being
-        decoded, or the tail of a new prompt (any length alone; beside other sequences up to
-        ``SHORT_PREFILL`` tokens, ``joins_prompts`` only); return each slot's last-token logits
-        [len(slots), vocab].
+        decoded, or the next piece of a prompt; return each slot's last-token logits [len(slots), vocab].
+        Where ``joins_prompts``, any mix of both, up to ``codes_max_rows`` tokens in all; else one
+        token per sequence, or a lone prompt of any length.
 
         Every token's row is computed as it would be alone, so joining prompts to a decode step
         changes no result, and saves a pass over the weights for each prompt."""
         sizes = [len(ids) for ids in token_ids]
-        joined = len(sizes) > 1 and max(sizes) > 1
-        if min(sizes) < 1 or (joined and not (self.joins_prompts and max(sizes) <= SHORT_PREFILL)):
-            raise ValueError(f"a step takes one token per sequence, or prompt tails of 1..{SHORT_PREFILL} tokens")
+        if min(sizes) < 1:
+            raise ValueError("every sequence in a step needs at least one token")
+        if self.joins_prompts and sum(sizes) > self.codes_max_rows:
+            raise ValueError(f"a step takes up to {self.codes_max_rows} tokens, got {sum(sizes)}")
+        if not self.joins_prompts and len(sizes) > 1 and max(sizes) > 1:
+            raise ValueError("a step takes one token per sequence, or one prompt alone (no codes to join prompts)")
         # rows sorted by adapter, so that every adapter's rows are one contiguous slice
         order = sorted(range(len(slots)), key=lambda i: "" if adapters[i] is None else adapters[i].name)
         tokens, row_slots, positions, row_adapters, last = [], [], [], [], []
@@ -201,8 +214,8 @@ class ModelRunner:
         cos, sin = self.core.rotary_emb(x[None], position_ids[None])
         cos, sin = cos[0], sin[0]  # [T, head_dim]
         n, one_prompt = x.shape[0], len(slots) > 1 and len(set(slots)) == 1
-        if one_prompt and (n > SHORT_PREFILL or self._kernels is None):  # torch's attention for a prompt
-            attention = self._prefill_attention(slots[0], positions[0], n, cos, sin)
+        if one_prompt and not self.joins_prompts and (n > SHORT_PREFILL or self._kernels is None):
+            attention = self._prefill_attention(slots[0], positions[0], n, cos, sin)  # torch's, for a prompt
         else:  # token i sees its slot's cache up to its own position (C kernel, or torch for decode)
             attention = DecodeAttention(self.k_cache, self.v_cache, slots, positions, cos, sin, self.n_heads,
                                         self._kernels)  # fmt: skip
