@@ -200,6 +200,27 @@ def test_a_long_prompt_gives_the_same_bits_however_it_is_split(tiny, activations
         runner.step([0, 1], [[1] * limit, [2]], [None, None])
 
 
+@needs_kernels
+def test_a_runner_on_codes_gives_back_the_float32_weights_memory_and_loses_nothing(tiny_model_dir):
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.serve.packed_weights import pack_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()  # memory-mapped
+    weights = {name: p.clone() for name, p in model.named_parameters()}
+    ids = list(range(300, 330))
+    expected = greedy_hf(model, ids, 8)
+    runner = ModelRunner(model, 1, 256, pack_model(model, "int8"))
+    assert runner.joins_prompts and ModelRunner(model, 1, 256).paged_out_bytes == 0  # float32 runs keep them
+    if sys.platform.startswith("linux"):
+        assert runner.paged_out_bytes > 0
+    # the pages come back from the file on first touch: a float32 runner decodes as before
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())
+    assert greedy_runner(ModelRunner(model, 1, 256), 0, ids, 8) == expected
+
+
 def test_a_step_refuses_prompt_tails_it_cannot_join(tiny):
     runner = ModelRunner(tiny, 2, 256)  # float32 weights: prompts get passes of their own
     with pytest.raises(ValueError, match="one token per sequence"):

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tuneloop.serve import native
+from tuneloop.serve import memory, native
 from tuneloop.serve.attention import DecodeAttention, rope
 from tuneloop.serve.lora_weights import (
     LoraAdapter,
@@ -83,6 +83,13 @@ class ModelRunner:
         ]
         #: the norms the kernel computes (Llama's RMSNorm in float32), by module id
         self._fused_norms = {id(m) for m in norms if _is_rms_norm(m)} if self._kernels is not None else set()
+        #: bytes of float32 weights handed back to the OS: where every projection runs from codes no
+        #: step reads them (a tied head's weight is the embeddings', which stay)
+        self.paged_out_bytes = 0
+        if self.joins_prompts:
+            tied = self.core.embed_tokens.weight.data_ptr()
+            unused = [m.weight for m in linears if m.weight.data_ptr() != tied]
+            self.paged_out_bytes = memory.page_out(unused)
 
     # -- cache -----------------------------------------------------------------------------------
     def _ensure_capacity(self, needed: int) -> None:
