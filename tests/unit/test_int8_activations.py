@@ -146,3 +146,24 @@ def test_int8_activations_stay_close_to_float32_on_the_bundled_model(smollm2_con
     agree = sum(int(a.argmax()) == int(b.argmax()) for a, b in pairs) / len(pairs)
     kl = [float((a.log_softmax(-1).exp() * (a.log_softmax(-1) - b.log_softmax(-1))).sum()) for a, b in pairs]
     assert agree >= 0.9 and sum(kl) / len(kl) < 0.02, (agree, sum(kl) / len(kl))
+
+
+@pytest.mark.real_model
+def test_a_long_prompt_on_the_bundled_model_gives_the_same_bits_however_it_is_computed(smollm2_converted):
+    """A 700-token prompt in 256-token steps, in uneven pieces, and from another slot's cached
+    prefix: the same logits (the real model's shapes: 30 layers, 3 query heads per key/value head)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.models.catalog import builtin_gguf_path
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_converted, dtype=torch.float32).eval()
+    packed = pack_model(model, "auto", builtin_gguf_path(), activations="auto")
+    prompt = torch.randint(100, 40000, (700,), generator=torch.Generator().manual_seed(0)).tolist()
+    runner = ModelRunner(model, 3, 1024, packed)
+    assert runner.joins_prompts
+    whole = runner.prefill(0, prompt, None)
+    runner.prefill(1, prompt[:100], None)
+    runner.prefill(1, prompt[100:401], None)
+    assert torch.equal(runner.prefill(1, prompt[401:], None), whole)
+    runner.start(2, cached=650, source=0)
+    assert torch.equal(runner.prefill(2, prompt[650:], None), whole)
