@@ -31,8 +31,13 @@ def events(client, job_id: str) -> list[str]:
     return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
 
 
+#: Training on one thread: with two, torch's spinning OpenMP threads make a step many times slower
+#: when the host's cores are oversubscribed (CI twice: a pause did not land in 120 s, then in 300 s)
+ONE_THREAD = {"TUNELOOP_NUM_THREADS": "1"}
+
+
 def test_killed_worker_job_resumes_from_checkpoint(home, tmp_path):
-    env = {"TUNELOOP_WORKER_STALE_SECONDS": "3"}
+    env = {"TUNELOOP_WORKER_STALE_SECONDS": "3", **ONE_THREAD}
     server = ServerProcess(home, "--no-worker", env=env).wait_ready()
     first = ServerProcess(home, env=env, command="worker")
     second = None
@@ -63,15 +68,14 @@ def test_killed_worker_job_resumes_from_checkpoint(home, tmp_path):
 
 
 def test_pause_and_resume(home, tmp_path):
-    server = ServerProcess(home).wait_ready()
+    server = ServerProcess(home, env=ONE_THREAD).wait_ready()
     try:
         client = server.client()
         job = long_job(client, tmp_path)
         wait_for(lambda: any(m.startswith("Step ") for m in events(client, job.id)), 120, what="training")
         paused = client.fine_tuning.jobs.pause(job.id)
         assert paused.status == "paused"
-        # a pause lands after the current step; on a busy host (CI once) torch's spinning OpenMP
-        # threads make steps many times slower, so the limits leave room (usually ~3 s)
+        # a pause lands after the current step (usually ~3 s; the limits leave room for a busy host)
         wait_for(lambda: "Fine-tuning job paused at its latest checkpoint" in events(client, job.id), 300)
         steps_at_pause = sum(m.startswith("Step ") for m in events(client, job.id))
         assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
