@@ -56,7 +56,8 @@ def run(server: bench.Server, rng: random.Random, long_prompts: int, with_long: 
     def short(i: int) -> None:
         n = 0
         while not stop.is_set():
-            result = bench.stream_one(client, models[(i + n) % len(models)], bench.PROMPTS[(i + n) % 16], SHORT_TOKENS)
+            model, prompt = models[(i + n) % len(models)], bench.PROMPTS[(i + n) % len(bench.PROMPTS)]
+            result = bench.stream_one(client, model, prompt, SHORT_TOKENS)
             gaps.extend(result.gaps)
             tokens[0] += result.tokens
             n += 1

@@ -14,7 +14,7 @@ from helpers import greedy_batch, greedy_runner
 needs_kernels = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 
 LAYERS, SLOTS, CAPACITY = 2, 8, 32
-#: (head size, query heads, key/value heads): the kernel's general loop (D 16, groups of 3 and 5)
+#: (head size, query heads, key/value heads): the kernel with sizes given at run time (D 16, groups 3, 5)
 #: and its register-resident one (D 64, groups of 1 to 4 query heads per key/value head)
 SHAPES = [(16, 6, 2), (16, 10, 2), (64, 2, 2), (64, 4, 2), (64, 9, 3), (64, 8, 2)]
 D, HEADS, KV = SHAPES[0]

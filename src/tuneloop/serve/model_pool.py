@@ -92,8 +92,7 @@ class ModelPool:
                 return engine, None
             adapter = self._adapters.get(resolved.id)
             if adapter is None:
-                # float16 factors where the engine rounds activations to int8 anyway (half the bytes)
-                adapter = load_lora(resolved.id, resolved.path, engine.runner.device, engine.runner.int8_activations)
+                adapter = load_lora(resolved.id, resolved.path, engine.runner.device, engine.runner.float16_state)
                 self._adapters[resolved.id] = adapter
                 while len(self._adapters) > self.options.max_adapters:
                     self._adapters.popitem(last=False)  # in-flight requests keep their reference

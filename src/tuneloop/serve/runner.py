@@ -69,8 +69,10 @@ class ModelRunner:
         on_cpu = self.device.type == "cpu" and self.dtype == torch.float32
         #: the C kernels for attention, LoRA, norms and gating (None: torch does them)
         self._kernels = native.library() if on_cpu else None
-        # keys and values in float16 where activations are rounded to int8 anyway: half the bytes
-        cache_dtype = torch.float16 if self.int8_activations and self._kernels is not None else self.dtype
+        #: keys, values and adapter factors kept in float16, where the kernels round activations to int8
+        #: anyway: half the bytes (``load_lora(..., half=)`` for the adapters of this runner)
+        self.float16_state = self.int8_activations and self._kernels is not None
+        cache_dtype = torch.float16 if self.float16_state else self.dtype
         shape = (len(self.layers), n_slots, self.n_kv, self.capacity, self.head_dim)
         self.k_cache = torch.zeros(shape, device=self.device, dtype=cache_dtype)
         self.v_cache = torch.zeros(shape, device=self.device, dtype=cache_dtype)

@@ -16,11 +16,11 @@ static inline void NAME(store)(const float *src, CACHE *dst, int64_t n) {
 
 #if defined(__AVX512F__)
 /* One (token, key/value head) of the attention with 16-float lanes, for D = 16 * CHUNKS and GROUP
- * query heads per key/value head (constants once inlined, so every sum stays in a register): each
- * key and each value is loaded (and converted) once for all the group's query heads; the queries
- * (rotated, scaled) score 16 keys at a time, reduced by sum16; the weighted sum of the values keeps
- * GROUP * CHUNKS independent sums. Sums run in the same order as attend16's general loop. */
-static inline __attribute__((always_inline)) void NAME(attend_fixed)(const float *query, const CACHE *keys,
+ * query heads per key/value head: each key and each value is loaded (and converted) once for all
+ * the group's query heads; the queries (rotated, scaled) score 16 keys at a time, reduced by sum16;
+ * the weighted sum of the values keeps GROUP * CHUNKS independent sums. Inlined with constant sizes,
+ * every sum stays in a register. */
+static inline __attribute__((always_inline)) void NAME(attend_group)(const float *query, const CACHE *keys,
                                                                      const CACHE *values, float *out, int64_t length,
                                                                      float *scores, const int GROUP, const int CHUNKS) {
     const int64_t D = 16 * CHUNKS;
@@ -57,46 +57,17 @@ static inline __attribute__((always_inline)) void NAME(attend_fixed)(const float
             _mm512_storeu_ps(out + g * D + 16 * c, _mm512_mul_ps(acc[g][c], _mm512_set1_ps(inverse[g])));
 }
 
-/* The same for any group and D a multiple of 16 (keys loaded once per query head, values once). */
+/* attend_group for D a multiple of 16: constant sizes for D = 64 and up to 4 query heads per key/value
+ * head (SmolLM2, Llama 3.2 and most small models: warm, 41 -> 27 us a layer), any other as given. */
 static void NAME(attend16)(const float *query, const CACHE *keys, const CACHE *values, float *out, int64_t group,
                      int64_t D, int64_t length, float *scores) {
-    if (D == 64 && group <= 4) { /* SmolLM2, Llama 3.2 and most small models (warm: 41 -> 27 us a layer) */
-        switch (group) {
-            case 1: NAME(attend_fixed)(query, keys, values, out, length, scores, 1, 4); return;
-            case 2: NAME(attend_fixed)(query, keys, values, out, length, scores, 2, 4); return;
-            case 3: NAME(attend_fixed)(query, keys, values, out, length, scores, 3, 4); return;
-            default: NAME(attend_fixed)(query, keys, values, out, length, scores, 4, 4); return;
+    if (D == 64) switch (group) {
+            case 1: NAME(attend_group)(query, keys, values, out, length, scores, 1, 4); return;
+            case 2: NAME(attend_group)(query, keys, values, out, length, scores, 2, 4); return;
+            case 3: NAME(attend_group)(query, keys, values, out, length, scores, 3, 4); return;
+            case 4: NAME(attend_group)(query, keys, values, out, length, scores, 4, 4); return;
         }
-    }
-    const int64_t chunks = D / 16;
-    for (int64_t g = 0; g < group; g++) {
-        const float *qg = query + g * D;
-        float *sg = scores + g * length;
-        for (int64_t t0 = 0; t0 < length; t0 += 16) {
-            const int64_t n = length - t0 < 16 ? length - t0 : 16;
-            __m512 p[16];
-            for (int64_t t = 0; t < 16; t++) {
-                __m512 acc = _mm512_setzero_ps();
-                if (t < n)
-                    for (int64_t c = 0; c < chunks; c++)
-                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), LOAD16(keys + (t0 + t) * D + 16 * c), acc);
-                p[t] = acc;
-            }
-            _mm512_mask_storeu_ps(sg + t0, (__mmask16)((1u << n) - 1u), sum16(p));
-        }
-    }
-    float inverse[group];
-    for (int64_t g = 0; g < group; g++) inverse[g] = softmax(scores + g * length, length);
-    for (int64_t c = 0; c < chunks; c++) {
-        __m512 acc[group];
-        for (int64_t g = 0; g < group; g++) acc[g] = _mm512_setzero_ps();
-        for (int64_t t = 0; t < length; t++) {
-            const __m512 value = LOAD16(values + t * D + 16 * c);
-            for (int64_t g = 0; g < group; g++)
-                acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * length + t]), value, acc[g]);
-        }
-        for (int64_t g = 0; g < group; g++) _mm512_storeu_ps(out + g * D + 16 * c, _mm512_mul_ps(acc[g], _mm512_set1_ps(inverse[g])));
-    }
+    NAME(attend_group)(query, keys, values, out, length, scores, (int)group, (int)(D / 16));
 }
 #undef LOAD16
 #endif
