@@ -31,13 +31,8 @@ def events(client, job_id: str) -> list[str]:
     return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100)))]
 
 
-#: Training on one thread: with two, torch's spinning OpenMP threads make a step many times slower
-#: when the host's cores are oversubscribed (CI twice: a pause did not land in 120 s, then in 300 s)
-ONE_THREAD = {"TUNELOOP_NUM_THREADS": "1"}
-
-
 def test_killed_worker_job_resumes_from_checkpoint(home, tmp_path):
-    env = {"TUNELOOP_WORKER_STALE_SECONDS": "3", **ONE_THREAD}
+    env = {"TUNELOOP_WORKER_STALE_SECONDS": "3"}
     server = ServerProcess(home, "--no-worker", env=env).wait_ready()
     first = ServerProcess(home, env=env, command="worker")
     second = None
@@ -68,10 +63,13 @@ def test_killed_worker_job_resumes_from_checkpoint(home, tmp_path):
 
 
 def test_pause_and_resume(home, tmp_path):
-    server = ServerProcess(home, env=ONE_THREAD).wait_ready()
+    server = ServerProcess(home).wait_ready()
     try:
         client = server.client()
-        job = long_job(client, tmp_path)
+        # 300 steps: the 100 of 5 epochs (~25 a second) twice ended before the pause reached the
+        # training process (the job completed, and the wait for "paused" timed out)
+        epochs = 15
+        job = long_job(client, tmp_path, epochs)
         wait_for(lambda: any(m.startswith("Step ") for m in events(client, job.id)), 120, what="training")
         paused = client.fine_tuning.jobs.pause(job.id)
         assert paused.status == "paused"
@@ -84,8 +82,8 @@ def test_pause_and_resume(home, tmp_path):
         done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j, 600)
         log = events(client, job.id)
         steps = [int(m.split()[1].split("/")[0]) for m in log if m.startswith("Step ")]
-        assert steps == list(range(1, 101)), "every step exactly once across the pause"
-        assert steps_at_pause < 100 and done.fine_tuned_model
+        assert steps == list(range(1, 20 * epochs + 1)), "every step exactly once across the pause"
+        assert steps_at_pause < 20 * epochs and done.fine_tuned_model
     finally:
         server.stop()
 
