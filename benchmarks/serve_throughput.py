@@ -19,7 +19,7 @@ cores), the naive baseline: the same model in float32 with ``transformers``, one
 ``model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)`` on the same prompts.
 
 Adapter memory is measured twice: each adapter's tensors as the server loads them
-(``tuneloop.serve.lora_weights.load_lora``) over the base model's parameter bytes, and the
+(``tuneloop.engine.lora_weights.load_lora``) over the base model's parameter bytes, and the
 server's resident-set growth (``VmRSS``) on the first request to each adapter.
 
 The scenarios run in interleaved rounds (3; 1 with ``--quick``): every round runs each scenario
@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.serve.process import ServerProcess
+from tuneloop.api.process import ServerProcess
 
 MODEL = "smollm2-135m-instruct"
 N_ADAPTERS = 4
@@ -142,8 +142,8 @@ def adapter_memory(model_dir: Path, folders: list[Path], activations: str) -> di
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.serve.lora_weights import load_lora
-    from tuneloop.serve.packed_weights import int8_activations
+    from tuneloop.engine.lora_weights import load_lora
+    from tuneloop.engine.packed_weights import int8_activations
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights once

@@ -73,12 +73,12 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"no Snips data at {DATA} (this benchmark needs ../shared/data/snips)")
 
+    from tuneloop.api.process import ServerProcess
     from tuneloop.cli.jobs import watch
     from tuneloop.config import get_settings
     from tuneloop.evals import Candidate, EvalConfig, build_report, print_report, run_eval, write_html, write_json
     from tuneloop.evals.report import parse_metrics_csv
     from tuneloop.models import Catalog
-    from tuneloop.serve.process import ServerProcess
 
     console = Console()
     settings = get_settings()

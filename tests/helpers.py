@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tuneloop.serve import process as tuneloop_process
+from tuneloop.api import process as tuneloop_process
 
 
 def run_cli(*args: str, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:

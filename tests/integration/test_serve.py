@@ -11,9 +11,9 @@ import openai
 import pytest
 
 from tuneloop.config import Settings
+from tuneloop.engine import native
+from tuneloop.engine.json_mode import JsonPrefix
 from tuneloop.models import Catalog
-from tuneloop.serve import native
-from tuneloop.serve.json_mode import JsonPrefix
 from tuneloop.store.db import make_engine
 from tuneloop.store.jobs import JobStore
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneloop.serve import native
-from tuneloop.serve.attention import DecodeAttention
-from tuneloop.serve.runner import ModelRunner
+from tuneloop.engine import native
+from tuneloop.engine.attention import DecodeAttention
+from tuneloop.engine.runner import ModelRunner
 
 from helpers import greedy_batch, greedy_runner
 
@@ -94,7 +94,7 @@ def test_runner_decodes_like_generate_with_either_attention(tiny_model_dir, monk
 def test_a_short_prefill_through_the_kernel_matches_torch(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.serve import runner as runner_module
+    from tuneloop.engine import runner as runner_module
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     prompt = list(range(500, 540))

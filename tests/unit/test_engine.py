@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from tuneloop.serve.engine import Detokenizer, Engine, FinishEvent, Request, TokenEvent
-from tuneloop.serve.lora_weights import load_lora
-from tuneloop.serve.quantized import max_rows
-from tuneloop.serve.sampling import Sampler, SamplingParams
+from tuneloop.engine.engine import Detokenizer, Engine, FinishEvent, Request, TokenEvent
+from tuneloop.engine.lora_weights import load_lora
+from tuneloop.engine.quantized import max_rows
+from tuneloop.engine.sampling import Sampler, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +140,8 @@ def test_close_with_cancel_ends_running_and_waiting_requests(tiny):
 
 
 def test_prompts_join_the_decode_steps_a_piece_a_step_and_change_nothing(tiny):
-    from tuneloop.serve import native
-    from tuneloop.serve.packed_weights import pack_model
+    from tuneloop.engine import native
+    from tuneloop.engine.packed_weights import pack_model
 
     if not native.available():
         pytest.skip("prompts join decode steps only with the C kernels")

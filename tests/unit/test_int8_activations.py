@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneloop.serve import native, packed_weights
-from tuneloop.serve.packed_weights import int8_activations, pack_model
-from tuneloop.serve.quantized import GroupQuantized, Int8ActivationCodes, round_groups
-from tuneloop.serve.runner import ModelRunner
+from tuneloop.engine import native, packed_weights
+from tuneloop.engine.packed_weights import int8_activations, pack_model
+from tuneloop.engine.quantized import GroupQuantized, Int8ActivationCodes, round_groups
+from tuneloop.engine.runner import ModelRunner
 
 from helpers import greedy_batch, greedy_runner
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneloop.serve import native
+from tuneloop.engine import native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"no C kernels here: {native.error()}")
 

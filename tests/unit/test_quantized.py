@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tuneloop.serve import native
-from tuneloop.serve.packed_weights import pack_model
-from tuneloop.serve.quantized import GroupQuantized, quantize_int8
-from tuneloop.serve.runner import ModelRunner
+from tuneloop.engine import native
+from tuneloop.engine.packed_weights import pack_model
+from tuneloop.engine.quantized import GroupQuantized, quantize_int8
+from tuneloop.engine.runner import ModelRunner
 
 from helpers import greedy_batch, greedy_runner
 
@@ -153,7 +153,7 @@ def test_the_avx2_build_agrees_where_avx512_is_used(monkeypatch):
     """Machines without AVX-512 get the 8-lane build: check every kernel of it, whatever this CPU has."""
     import ctypes
 
-    from tuneloop.serve.lora_weights import LoraAdapter
+    from tuneloop.engine.lora_weights import LoraAdapter
 
     avx2 = native.load(native.build(native.cpu_flags() - {"avx512f"}))
     for bits in (8, 4):

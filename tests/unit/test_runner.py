@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneloop.serve import native
-from tuneloop.serve.lora_weights import load_lora
-from tuneloop.serve.runner import ModelRunner
+from tuneloop.engine import native
+from tuneloop.engine.lora_weights import load_lora
+from tuneloop.engine.runner import ModelRunner
 
 from helpers import greedy_batch, greedy_runner
 
@@ -76,7 +76,7 @@ def test_cache_grows_beyond_initial_capacity(tiny):
 
 def two_adapters(k: int = 32, n: int = 100, half: bool = False):
     """Two adapters on layer 0: ranks 4 (zero-padded to 8) and 16, the second without v_proj."""
-    from tuneloop.serve.lora_weights import LoraAdapter
+    from tuneloop.engine.lora_weights import LoraAdapter
 
     g = torch.Generator().manual_seed(0)
 
@@ -89,7 +89,7 @@ def two_adapters(k: int = 32, n: int = 100, half: bool = False):
 
 
 def lora_plan(kind: str, adapters, groups: list[slice]):
-    from tuneloop.serve.lora_weights import LoraGroups, LoraRows, StackedLora, StackRows, stack_adapters
+    from tuneloop.engine.lora_weights import LoraGroups, LoraRows, StackedLora, StackRows, stack_adapters
 
     if kind == "kernel":
         return LoraRows(native.library(), list(adapters), [groups[0].start, *(g.stop for g in groups)])
@@ -149,7 +149,7 @@ def test_float16_factors_give_the_float32_update_to_their_precision(sizes):
 @needs_kernels
 @pytest.mark.parametrize("activations", ["float32", "int8"])
 def test_prompts_joining_a_decode_step_change_no_row(tiny, adapters, activations):
-    from tuneloop.serve.packed_weights import int8_activations, pack_model
+    from tuneloop.engine.packed_weights import int8_activations, pack_model
 
     if activations == "int8" and not int8_activations("auto"):
         pytest.skip("no int8-activation kernel on this CPU")
@@ -181,8 +181,8 @@ def test_prompts_joining_a_decode_step_change_no_row(tiny, adapters, activations
 @needs_kernels
 @pytest.mark.parametrize("activations", ["float32", "int8"])
 def test_a_long_prompt_gives_the_same_bits_however_it_is_split(tiny, activations):
-    from tuneloop.serve.packed_weights import int8_activations, pack_model
-    from tuneloop.serve.quantized import max_rows
+    from tuneloop.engine.packed_weights import int8_activations, pack_model
+    from tuneloop.engine.quantized import max_rows
 
     if activations == "int8" and not int8_activations("auto"):
         pytest.skip("no int8-activation kernel on this CPU")
@@ -206,7 +206,7 @@ def test_a_runner_on_codes_gives_back_the_float32_weights_memory_and_loses_nothi
 
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.serve.packed_weights import pack_model
+    from tuneloop.engine.packed_weights import pack_model
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()  # memory-mapped
     weights = {name: p.clone() for name, p in model.named_parameters()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tuneloop.serve.sampling import Sampler, SamplingParams
+from tuneloop.engine.sampling import Sampler, SamplingParams
 
 
 def test_a_batch_argmax_is_used_for_plain_greedy_rows_only():

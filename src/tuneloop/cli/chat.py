@@ -63,12 +63,12 @@ def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
     """Generate in this process with the serving engine (base, fine-tuned and checkpoint models)."""
     import queue
 
+    from tuneloop.api.generation import eos_ids
     from tuneloop.data.render import ChatRenderer
+    from tuneloop.engine.engine import Detokenizer, FinishEvent, Request
+    from tuneloop.engine.model_pool import EngineOptions, ModelPool
+    from tuneloop.engine.sampling import Sampler, SamplingParams
     from tuneloop.models import Catalog
-    from tuneloop.serve.engine import Detokenizer, FinishEvent, Request
-    from tuneloop.serve.generation import eos_ids
-    from tuneloop.serve.model_pool import EngineOptions, ModelPool
-    from tuneloop.serve.sampling import Sampler, SamplingParams
     from tuneloop.store.db import make_engine
     from tuneloop.store.jobs import JobStore
 

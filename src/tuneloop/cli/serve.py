@@ -17,7 +17,7 @@ def serve(
     """Start the OpenAI-compatible API server (and, by default, one fine-tuning worker)."""
     import uvicorn
 
-    from tuneloop.serve.app import create_app
+    from tuneloop.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(get_settings(), run_worker=worker)
@@ -27,7 +27,7 @@ def serve(
 
 def worker() -> None:
     """Run a fine-tuning worker: claim queued jobs from the database and train them."""
-    from tuneloop.train.worker import Worker
+    from tuneloop.jobs.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     w = Worker(get_settings())

@@ -46,7 +46,7 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
         raise TuneloopError("the generated training file did not validate")
 
     _step(2, "Train: fine-tune through the OpenAI-compatible API")
-    from tuneloop.serve.process import ServerProcess
+    from tuneloop.api.process import ServerProcess
 
     server = ServerProcess(settings.home, log_path=workdir / "server.log", api_key=settings.api_key).wait_ready()
     base_url = server.base_url

@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tuneloop import __version__
+from tuneloop.api import chat, completions, files, fine_tuning, models
+from tuneloop.api.errors import error_response, install_error_handlers
+from tuneloop.api.state import AppState
 from tuneloop.config import Settings
-from tuneloop.serve import chat_api, completions_api, files_api, fine_tuning_api, models_api
-from tuneloop.serve.errors import error_response, install_error_handlers
-from tuneloop.serve.model_pool import EngineOptions, ModelPool
-from tuneloop.serve.state import AppState
+from tuneloop.engine.model_pool import EngineOptions, ModelPool
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI):
         for job in state.jobs.list(limit=10_000)[0]:  # validations interrupted by a restart
             if job.status == "validating_files":
-                fine_tuning_api.start_validation(state, job.id)
+                fine_tuning.start_validation(state, job.id)
         worker = None
         if run_worker:
-            from tuneloop.train.worker import Worker
+            from tuneloop.jobs.worker import Worker
 
             worker = Worker(settings)
             thread = threading.Thread(target=worker.run_forever, name="tuneloop-worker", daemon=True)
@@ -73,7 +73,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
         }
         return JSONResponse({"status": "ok", "version": __version__, "engines": engines})
 
-    for module in (files_api, fine_tuning_api, models_api, chat_api, completions_api):
+    for module in (files, fine_tuning, models, chat, completions):
         app.include_router(module.router, prefix="/v1")
     return app
 

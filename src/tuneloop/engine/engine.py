@@ -26,10 +26,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from tuneloop.serve.lora_weights import LoraAdapter
-from tuneloop.serve.quantized import QuantizedWeight
-from tuneloop.serve.runner import ModelRunner
-from tuneloop.serve.sampling import Sampler, SamplingParams, TokenChoice
+from tuneloop.engine.lora_weights import LoraAdapter
+from tuneloop.engine.quantized import QuantizedWeight
+from tuneloop.engine.runner import ModelRunner
+from tuneloop.engine.sampling import Sampler, SamplingParams, TokenChoice
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from tuneloop.api.errors import APIError
+from tuneloop.api.state import AppState, get_state
 from tuneloop.errors import ModelNotFoundError
-from tuneloop.serve.errors import APIError
-from tuneloop.serve.state import AppState, get_state
 
 router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tuneloop.serve import memory, native
-from tuneloop.serve.attention import DecodeAttention, rope
-from tuneloop.serve.lora_weights import (
+from tuneloop.engine import memory, native
+from tuneloop.engine.attention import DecodeAttention, rope
+from tuneloop.engine.lora_weights import (
     LoraAdapter,
     LoraGroups,
     LoraRows,
@@ -33,7 +33,7 @@ from tuneloop.serve.lora_weights import (
     StackRows,
     stack_adapters,
 )
-from tuneloop.serve.quantized import Int8ActivationCodes, QuantizedWeight, max_rows
+from tuneloop.engine.quantized import Int8ActivationCodes, QuantizedWeight, max_rows
 
 #: Stacks of adapters kept for batches that mix several, in torch (each holds a copy of its adapters' factors).
 MAX_STACKS = 2

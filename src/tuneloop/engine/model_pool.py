@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tuneloop.engine.engine import Engine
+from tuneloop.engine.lora_weights import LoraAdapter, load_lora
+from tuneloop.engine.packed_weights import ServeActivations, ServeWeights, pack_model
 from tuneloop.errors import ModelNotFoundError
 from tuneloop.models import Catalog, load_model
-from tuneloop.serve.engine import Engine
-from tuneloop.serve.lora_weights import LoraAdapter, load_lora
-from tuneloop.serve.packed_weights import ServeActivations, ServeWeights, pack_model
 from tuneloop.store.jobs import JobStore
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from fastapi import Request
 from sqlalchemy.engine import Engine
 
 from tuneloop.config import Settings
+from tuneloop.engine.model_pool import ModelPool
 from tuneloop.models import Catalog
-from tuneloop.serve.model_pool import ModelPool
 from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
 from tuneloop.store.jobs import JobStore

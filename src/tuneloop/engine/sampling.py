@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tuneloop.serve.json_mode import JsonConstraint
+from tuneloop.engine.json_mode import JsonConstraint
 
 
 @dataclass

@@ -11,11 +11,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.serve import generation
-from tuneloop.serve.errors import APIError
-from tuneloop.serve.generation import TokenEvent
-from tuneloop.serve.sampling import SamplingParams
-from tuneloop.serve.state import AppState, get_state
+from tuneloop.api import generation
+from tuneloop.api.errors import APIError
+from tuneloop.api.generation import TokenEvent
+from tuneloop.api.state import AppState, get_state
+from tuneloop.engine.sampling import SamplingParams
 from tuneloop.store.ids import random_id
 
 router = APIRouter()

@@ -11,12 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneloop.api import generation
+from tuneloop.api.errors import APIError
+from tuneloop.api.generation import FinishEvent, TokenEvent
+from tuneloop.api.state import AppState, get_state
 from tuneloop.data.render import ChatRenderer, TemplateError
-from tuneloop.serve import generation
-from tuneloop.serve.errors import APIError
-from tuneloop.serve.generation import FinishEvent, TokenEvent
-from tuneloop.serve.sampling import SamplingParams
-from tuneloop.serve.state import AppState, get_state
+from tuneloop.engine.sampling import SamplingParams
 from tuneloop.store.ids import random_id
 
 router = APIRouter()

@@ -16,10 +16,10 @@ import threading
 import time
 
 from tuneloop.config import Settings
+from tuneloop.jobs.runner import run_job
 from tuneloop.store.db import make_engine
 from tuneloop.store.ids import random_id
 from tuneloop.store.jobs import Job, JobStore
-from tuneloop.train.job_runner import run_job
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 60.0  # how long a pausing or shutting-down child may take to checkpoint

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tuneloop.serve import native
+from tuneloop.engine import native
 
 GROUP = 32
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 from fastapi import Request as HTTPRequest
 
+from tuneloop.api.errors import APIError
+from tuneloop.engine.engine import Detokenizer, Engine, Event, FinishEvent, QueueFullError, Request, TokenEvent
+from tuneloop.engine.json_mode import JsonConstraint
+from tuneloop.engine.lora_weights import LoraAdapter
+from tuneloop.engine.model_pool import ModelPool, ResolvedModel
+from tuneloop.engine.sampling import Sampler, SamplingParams
 from tuneloop.errors import ModelNotFoundError
-from tuneloop.serve.engine import Detokenizer, Engine, Event, FinishEvent, QueueFullError, Request, TokenEvent
-from tuneloop.serve.errors import APIError
-from tuneloop.serve.json_mode import JsonConstraint
-from tuneloop.serve.lora_weights import LoraAdapter
-from tuneloop.serve.model_pool import ModelPool, ResolvedModel
-from tuneloop.serve.sampling import Sampler, SamplingParams
 
 
 def model_not_found(model: str) -> APIError:

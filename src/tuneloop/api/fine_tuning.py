@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneloop.api.errors import APIError, not_found
+from tuneloop.api.state import AppState, get_state
 from tuneloop.errors import ModelNotFoundError
-from tuneloop.serve.errors import APIError, not_found
-from tuneloop.serve.state import AppState, get_state
 from tuneloop.store.jobs import TERMINAL, Job
 
 router = APIRouter()
@@ -110,7 +110,7 @@ def create_job(state: State, body: CreateJobRequest) -> dict:
 
 def start_validation(state: AppState, job_id: str) -> None:
     """Validate a job's files in the background (moves it to queued or failed)."""
-    from tuneloop.train.job_validation import validate_job
+    from tuneloop.jobs.validation import validate_job
 
     threading.Thread(target=validate_job, args=(state, job_id), daemon=True, name=f"validate-{job_id}").start()
 

@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tuneloop.serve import native
-from tuneloop.serve.quantized import GROUP, GroupQuantized, Int8ActivationCodes, QuantizedWeight, quantize_int8
+from tuneloop.engine import native
+from tuneloop.engine.quantized import GROUP, GroupQuantized, Int8ActivationCodes, QuantizedWeight, quantize_int8
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
-from tuneloop.serve.errors import APIError, not_found
-from tuneloop.serve.state import AppState, get_state
+from tuneloop.api.errors import APIError, not_found
+from tuneloop.api.state import AppState, get_state
 from tuneloop.store.blobs import TooLargeError
 from tuneloop.store.files import PURPOSES
 

@@ -10,7 +10,7 @@ from tuneloop.data.validate import ValidationReport, validate_file
 from tuneloop.models import load_tokenizer
 
 if TYPE_CHECKING:
-    from tuneloop.serve.state import AppState
+    from tuneloop.api.state import AppState
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 5

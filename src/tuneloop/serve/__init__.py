@@ -1,1 +1,0 @@
-"""Step 4 of the loop: generation and the OpenAI-compatible server."""
