@@ -1,0 +1,97 @@
+"""Atomic writes: every file or folder tuneloop writes appears whole under its final name or not at all.
+
+One rule for all of them: write under a temporary name beside the destination (same filesystem),
+then ``os.replace`` it over the destination on a clean exit; on an exception the temporary is
+removed and the destination is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+
+def temporary_sibling(dest: Path, tmp_dir: Path | None = None) -> Path:
+    """A fresh temporary name beside ``dest`` (or in ``tmp_dir``, which must be on the same filesystem)."""
+    return (tmp_dir or dest.parent) / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` over ``dest`` (a folder destination is removed first: folders cannot be replaced)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.is_dir() and dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+@contextmanager
+def atomic_path(dest: Path, *, directory: bool = False, tmp_dir: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write (a created folder with ``directory``); it becomes ``dest`` on a
+    clean exit. For writers that want a path, not a file object (safetensors, ``save_pretrained``)."""
+    (tmp_dir or dest.parent).mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(dest, tmp_dir)
+    if directory:
+        tmp.mkdir()
+    try:
+        yield tmp
+        _publish(tmp, dest)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+class AtomicWriter:
+    """A binary file written under a temporary name and renamed over ``dest`` on a clean exit.
+
+    On an exception, or after ``discard()``, the temporary file is removed and ``dest`` is untouched.
+    ``dest`` may be set inside the block (a content-addressed blob learns its name at the end).
+    """
+
+    def __init__(self, dest: Path, tmp_dir: Path | None = None):
+        self.dest = dest
+        self.tmp_dir = tmp_dir or dest.parent
+        self.tmp = temporary_sibling(dest, self.tmp_dir)
+        self._discarded = False
+        self.file: BinaryIO
+
+    def __enter__(self) -> AtomicWriter:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self.file = os.fdopen(fd, "wb")
+        return self
+
+    def discard(self) -> None:
+        """Do not replace ``dest`` when the block ends."""
+        self._discarded = True
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc_type is None and not self._discarded:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+                _publish(self.tmp, self.dest)
+        finally:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_atomic(dest: Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``dest`` atomically."""
+    with AtomicWriter(dest) as out:
+        out.file.write(data.encode("utf-8") if isinstance(data, str) else data)
