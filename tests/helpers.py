@@ -61,7 +61,7 @@ def greedy_runner(runner, slot: int, ids: list[int], n: int, adapter=None) -> li
     token = int(runner.prefill(slot, ids, adapter).argmax())
     out = [token]
     for _ in range(n - 1):
-        token = int(runner.decode([slot], [token], [adapter])[0].argmax())
+        token = int(runner.step([slot], [[token]], [adapter])[0].argmax())
         out.append(token)
     return out
 
@@ -71,7 +71,7 @@ def greedy_batch(runner, prompts: list[list[int]], adapters: list, n: int) -> li
     outs = [[int(runner.prefill(slot, ids, adapter).argmax())] for slot, (ids, adapter) in
             enumerate(zip(prompts, adapters, strict=True))]  # fmt: skip
     for _ in range(n - 1):
-        logits = runner.decode(list(range(len(prompts))), [out[-1] for out in outs], adapters)
+        logits = runner.step(list(range(len(prompts))), [out[-1:] for out in outs], adapters)
         for out, row in zip(outs, logits, strict=True):
             out.append(int(row.argmax()))
     return outs

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tuneloop.config import get_settings
 from tuneloop.train import TrainCallbacks, TrainConfig, train
 from tuneloop.train.batching import pack, to_sample
 
@@ -211,11 +212,15 @@ def test_lora_trains_adapters_only_and_plain_peft_loads_them(tmp_path: Path, tin
     base_before = (tiny_model_dir / "model.safetensors").read_bytes()
     valid = write_jsonl(tmp_path / "valid.jsonl", conversations(10, seed=3))
     steps: list = []
+    started: list = []  # the resolved hyperparameters come back through on_start, before the first step
     result = train(
         run_config(tmp_path, tiny_model, "lora", validation_file=valid),
-        callbacks=TrainCallbacks(on_step=steps.append),
+        callbacks=TrainCallbacks(on_start=started.append, on_step=steps.append),
+        settings=get_settings(),
     )
+    assert started == [result.hyperparameters]
     out = result.weights_path
+    assert not list(out.parent.glob(".*.tmp")) and not list((out.parent / "checkpoints").glob(".*.tmp"))
     assert out == tmp_path / "lora" / "adapter"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
     tensors = adapter_tensors(out)

@@ -1,4 +1,5 @@
-"""The engine: prefix caching (shared prompt prefixes computed once, no result changed) and shutdown."""
+"""The engine: its entry point (``generate``: context check, budget), prefix caching (shared prompt
+prefixes computed once, no result changed) and shutdown."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ import threading
 import pytest
 import torch
 
-from tuneloop.engine.engine import Detokenizer, Engine, FinishEvent, Request, TokenEvent
+from tuneloop.engine.engine import (
+    ContextLengthError,
+    Detokenizer,
+    Engine,
+    FinishEvent,
+    Request,
+    TokenEvent,
+    token_budget,
+)
 from tuneloop.engine.lora_weights import load_lora
 from tuneloop.engine.quantized import max_rows
 from tuneloop.engine.sampling import Sampler, SamplingParams
+
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +189,70 @@ def test_prompts_join_the_decode_steps_a_piece_a_step_and_change_nothing(tiny):
     assert len(with_prompts) >= 3 and all(sum(rows) <= limit for rows in passes)
     assert sum(size for rows in with_prompts for size in rows if size > 1) == 20 + 12 + len(long)
     assert any(rows.count(1) == 2 and max(rows) > 1 for rows in passes)  # decode rows beside a piece
+
+
+def test_token_budget_is_the_request_capped_at_the_room_left():
+    assert token_budget(100, 40, None) == 60
+    assert token_budget(100, 40, 10) == 10
+    assert token_budget(100, 40, 80) == 60
+    with pytest.raises(ContextLengthError) as err:
+        token_budget(100, 100, 5)
+    assert (err.value.limit, err.value.prompt_tokens) == (100, 100)
+    assert str(err.value) == (
+        "This model's maximum context length is 100 tokens. However, your messages resulted in 100 tokens. "
+        "Please reduce the length of the messages."
+    )
+
+
+def test_generate_checks_the_context_caps_the_answer_and_builds_the_request(tiny):
+    engine = Engine(*tiny, max_batch=2, max_len=64)
+    try:
+        with pytest.raises(ContextLengthError):
+            engine.generate(list(range(100, 164)), SamplingParams(), None, lambda event: None)
+        assert engine.load == 0  # nothing queued
+        events: list = []
+        done = threading.Event()
+
+        def on_event(event) -> None:
+            events.append(event)
+            if isinstance(event, FinishEvent):
+                done.set()
+
+        params = SamplingParams(max_tokens=10, temperature=0.0, stop=["zzz"])
+        request = engine.generate(range(100, 160), params, None, on_event)
+        assert done.wait(60)
+        assert request.params.max_tokens == 4 and params.max_tokens == 10  # capped in a copy
+        assert request.sampler.eos_ids == engine.eos_ids and request.detokenizer.stop == ["zzz"]
+        assert events[-1].reason in ("length", "stop") and events[-1].completion_tokens <= 4
+        json = engine.generate([1, 2, 3], SamplingParams(max_tokens=1, json_object=True), None, lambda event: None)
+        assert json.sampler.json is not None and len(engine.token_texts) == len(tiny[1])
+    finally:
+        engine.close()
+
+
+def test_generate_gives_the_tokens_of_a_request_built_by_hand(tiny):
+    prompt = SHARED + [3, 4]
+    engine = Engine(*tiny, max_batch=2, max_len=512)
+    try:
+        tokens: list[int] = []
+        done = threading.Event()
+
+        def on_event(event) -> None:
+            if isinstance(event, TokenEvent) and event.choice is not None:
+                tokens.append(event.choice.token)
+            elif isinstance(event, FinishEvent):
+                done.set()
+
+        engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0), None, on_event)
+        assert done.wait(60)
+    finally:
+        engine.close()
+    assert tokens and tokens == alone(tiny, prompt)[: len(tokens)]
+
+
+def test_cli_chat_too_long_is_a_one_line_error(tiny_model):
+    result = run_cli("chat", tiny_model, "-m", "word " * 1100, "--max-tokens", "5")
+    assert result.returncode == 1 and result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: This model's maximum context length is 1024 tokens. However, your messages")
+    assert "Traceback" not in result.stderr

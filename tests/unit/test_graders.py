@@ -36,7 +36,9 @@ from tuneloop.evals.graders import (
     sentence_bleu,
     string_check,
 )
-from tuneloop.evals.report import build_report, parse_metrics_csv, print_report, ratio, render_html
+from tuneloop.evals.report import build_report, parse_metrics_csv, ratio
+from tuneloop.evals.report_html import render_html
+from tuneloop.evals.report_terminal import print_report
 from tuneloop.evals.runner import Candidate, CandidateRun, EvalConfig, EvalItem, EvalRun, ExampleResult, choose_baseline
 
 # --------------------------------------------------------------------------- string_check / exact

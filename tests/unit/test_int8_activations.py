@@ -140,7 +140,7 @@ def test_int8_activations_stay_close_to_float32_on_the_bundled_model(smollm2_con
     rows = [list(zip(*logits, strict=True))]
     for _ in range(23):  # float32's greedy tokens, fed to both
         tokens = logits[0].argmax(dim=-1).tolist()
-        logits = [r.decode(list(range(4)), tokens, [None] * 4) for r in runners]
+        logits = [r.step(list(range(4)), [[t] for t in tokens], [None] * 4) for r in runners]
         rows.append(list(zip(*logits, strict=True)))
     pairs = [pair for step in rows for pair in step]
     agree = sum(int(a.argmax()) == int(b.argmax()) for a, b in pairs) / len(pairs)

@@ -161,7 +161,7 @@ def test_prompts_joining_a_decode_step_change_no_row(tiny, adapters, activations
     def alone(ids, adapter):  # the prompt, then one decode step, in a runner of its own
         runner = ModelRunner(tiny, 1, 256, packed)
         first = runner.prefill(0, ids, adapter)
-        return first, runner.decode([0], [int(first.argmax())], [adapter])[0]
+        return first, runner.step([0], [[int(first.argmax())]], [adapter])[0]
 
     runner = ModelRunner(tiny, 4, 256, packed)
     assert runner.joins_prompts and not ModelRunner(tiny, 1, 256).joins_prompts  # float32 weights: MKL
@@ -174,7 +174,7 @@ def test_prompts_joining_a_decode_step_change_no_row(tiny, adapters, activations
         assert torch.equal(got, want)
     assert runner.lengths[:4] == [21, 26, 12, 40]
     # the joined prompts decode on as if prefilled alone
-    after = runner.decode([2, 3], [int(step[1].argmax()), int(step[3].argmax())], [loaded[1], loaded[0]])
+    after = runner.step([2, 3], [[int(step[1].argmax())], [int(step[3].argmax())]], [loaded[1], loaded[0]])
     assert torch.equal(after[0], alone(*joining[0])[1]) and torch.equal(after[1], alone(*joining[1])[1])
 
 

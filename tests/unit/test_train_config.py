@@ -108,3 +108,15 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path: Path) -> None:
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-6", "step-9", "step-12"]
     latest = ckpt.latest_checkpoint(root)
     assert latest is not None and ckpt.read_trainer_state(latest)["step"] == 12
+
+
+def test_a_killed_writers_leftovers_go_when_that_checkpoint_is_written_again(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    leftover = root / ".step-3.999.abcd1234.tmp"  # atomic_path's temporary, left by a killed process
+    leftover.mkdir(parents=True)
+    (root / ".step-30.999.abcd1234.tmp").mkdir()  # another step's: kept
+    state = {ckpt.STEP_KEY: 3, ckpt.RNG_KEY: ckpt.rng_state()}
+    path = ckpt.write_checkpoint(root, 3, lambda d: (d / "w.bin").write_bytes(b"x"), state, {ckpt.STEP_KEY: 3}, keep=3)
+    assert path == root / "step-3" and not leftover.exists() and (root / ".step-30.999.abcd1234.tmp").exists()
+    assert sorted(p.name for p in path.iterdir()) == ["checkpoint.json", "trainer_state.pt", "w.bin"]
+    assert ckpt.read_trainer_state(path)[ckpt.STEP_KEY] == 3 and ckpt.read_meta(path) == {"step": 3}

@@ -16,6 +16,7 @@ from tuneloop.api.errors import error_response, install_error_handlers
 from tuneloop.api.state import AppState
 from tuneloop.config import Settings
 from tuneloop.engine.model_pool import EngineOptions, ModelPool
+from tuneloop.jobs.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 fine_tuning.start_validation(state, job.id)
         worker = None
         if run_worker:
-            from tuneloop.jobs.worker import Worker
-
             worker = Worker(settings)
             thread = threading.Thread(target=worker.run_forever, name="tuneloop-worker", daemon=True)
             thread.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _TYPES = {
@@ -17,6 +18,24 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The envelope of every error, in a reply and as the last event of a failed stream."""
+
+    error: ErrorBody
+
+
+def envelope(status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+    body = ErrorBody(message=message, type=_TYPES.get(status, "server_error"), param=param, code=code)
+    return ErrorResponse(error=body)
 
 
 class APIError(Exception):
@@ -34,16 +53,33 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
+    def envelope(self) -> ErrorResponse:
+        return envelope(self.status, self.message, self.param, self.code)
+
 
 def error_response(
     status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
 ) -> JSONResponse:
-    body = {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return JSONResponse(envelope(status, message, param, code).model_dump(), status_code=status, headers=headers)
 
 
 def not_found(kind: str, ident: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(404, f"No {kind} found with id '{ident}'.", param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    """The 404 for a model id that names no base, fine-tuned or checkpoint model."""
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def generation_failed(error: str | None) -> APIError:
+    """The 500 for a request the engine could not finish."""
+    return APIError(500, f"Generation failed: {error}")
 
 
 def install_error_handlers(app: FastAPI) -> None:

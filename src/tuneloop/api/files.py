@@ -8,16 +8,21 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
 from tuneloop.api.errors import APIError, not_found
+from tuneloop.api.protocol import Deleted, FileList, FileObject
 from tuneloop.api.state import AppState, get_state
 from tuneloop.store.blobs import TooLargeError
-from tuneloop.store.files import PURPOSES
+from tuneloop.store.files import PURPOSES, FileRecord
 
 router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
 
 
+def _file(record: FileRecord) -> FileObject:
+    return FileObject.model_validate(record.to_openai())
+
+
 @router.post("/files")
-def upload_file(state: State, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
+def upload_file(state: State, file: UploadFile = File(...), purpose: str = Form(...)) -> FileObject:
     if purpose not in PURPOSES or purpose == "fine-tune-results":
         raise APIError(400, f"Invalid purpose '{purpose}'.", param="purpose", code="invalid_value")
     filename = file.filename or "upload"
@@ -27,7 +32,7 @@ def upload_file(state: State, file: UploadFile = File(...), purpose: str = Form(
         record = state.files.create(filename, purpose, file.file, state.settings.max_upload_bytes)
     except TooLargeError as exc:
         raise APIError(413, str(exc), param="file", code="file_too_large") from exc
-    return record.to_openai()
+    return _file(record)
 
 
 @router.get("/files")
@@ -37,31 +42,27 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
     limit: int = Query(10000, ge=1, le=10000),
-) -> dict:
+) -> FileList:
     records, has_more = state.files.list(purpose, order, after, limit)
-    data = [r.to_openai() for r in records]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    data = [_file(r) for r in records]
+    return FileList(
+        data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=has_more
+    )
 
 
 @router.get("/files/{file_id}")
-def retrieve_file(state: State, file_id: str) -> dict:
+def retrieve_file(state: State, file_id: str) -> FileObject:
     record = state.files.get(file_id)
     if record is None:
         raise not_found("file", file_id, param="file_id")
-    return record.to_openai()
+    return _file(record)
 
 
 @router.delete("/files/{file_id}")
-def delete_file(state: State, file_id: str) -> dict:
+def delete_file(state: State, file_id: str) -> Deleted:
     if not state.files.delete(file_id):
         raise not_found("file", file_id, param="file_id")
-    return {"id": file_id, "object": "file", "deleted": True}
+    return Deleted(id=file_id, object="file")
 
 
 @router.get("/files/{file_id}/content")

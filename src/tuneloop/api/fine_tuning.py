@@ -8,28 +8,32 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 from tuneloop.api.errors import APIError, not_found
 from tuneloop.api.state import AppState, get_state
 from tuneloop.errors import ModelNotFoundError
+from tuneloop.jobs.spec import JobSpec, Metadata, Seed, Suffix, TrainingMethod
+from tuneloop.jobs.validation import validate_job
 from tuneloop.store.jobs import TERMINAL, Job
+from tuneloop.train.hyperparameters import HyperparameterError, Hyperparameters
 
 router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
 
 
-class Hyperparameters(BaseModel):
-    """OpenAI's supervised hyperparameters: each ``"auto"`` or a number."""
+class RequestedHyperparameters(BaseModel):
+    """OpenAI's supervised hyperparameters as sent: unknown keys are refused here; the values are
+    checked once, by ``Hyperparameters.checked`` (the bounds the CLI and ``TrainConfig`` share)."""
 
     model_config = ConfigDict(extra="forbid")
-    n_epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=50)] = "auto"
-    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
-    learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0, le=100)] = "auto"
+    n_epochs: JsonValue = "auto"
+    batch_size: JsonValue = "auto"
+    learning_rate_multiplier: JsonValue = "auto"
 
 
 class Supervised(BaseModel):
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: RequestedHyperparameters | None = None
 
 
 class Method(BaseModel):
@@ -46,20 +50,33 @@ class CreateJobRequest(BaseModel):
     model: str
     training_file: str
     validation_file: str | None = None
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: RequestedHyperparameters | None = None
     method: Method | None = None
-    suffix: str | None = Field(default=None, min_length=1, max_length=64)
-    seed: int | None = Field(default=None, ge=0, le=2147483647)
-    metadata: dict[str, str] | None = None
+    suffix: Suffix | None = None
+    seed: Seed | None = None
+    metadata: Metadata | None = None
     integrations: list[dict] | None = None
-    training_method: Literal["lora", "full"] = "lora"
+    training_method: TrainingMethod = "lora"
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
-            raise ValueError("at most 16 pairs, keys up to 64 and values up to 512 characters")
-        return value
+    def spec(self) -> JobSpec:
+        """The job this request asks for; an out-of-range hyperparameter is a 400 with the shared message."""
+        requested, param = self.hyperparameters, "hyperparameters"
+        if self.method is not None and self.method.supervised is not None and self.method.supervised.hyperparameters:
+            requested, param = self.method.supervised.hyperparameters, "method.supervised.hyperparameters"
+        try:
+            hyperparameters = Hyperparameters.checked(requested.model_dump(exclude_unset=True) if requested else {})
+        except HyperparameterError as exc:
+            raise APIError(400, str(exc), param=f"{param}.{exc.name}", code="invalid_value") from exc
+        return JobSpec(
+            model=self.model,
+            training_file=self.training_file,
+            validation_file=self.validation_file,
+            method=self.training_method,
+            hyperparameters=hyperparameters,
+            suffix=self.suffix,
+            seed=self.seed if self.seed is not None else secrets.randbelow(2**31),
+            metadata=self.metadata,
+        )
 
 
 def _job_or_404(state: AppState, job_id: str) -> Job:
@@ -81,9 +98,10 @@ def _check_file(state: AppState, file_id: str | None, param: str) -> None:
 
 @router.post("/fine_tuning/jobs")
 def create_job(state: State, body: CreateJobRequest) -> dict:
+    spec = body.spec()  # first, as the request's other values are checked before anything else
     try:
         state.catalog.get(body.model)
-    except ModelNotFoundError as exc:
+    except ModelNotFoundError as exc:  # its own message, not model_not_found(): "unknown model 'X'; available: ..."
         raise APIError(404, str(exc), param="model", code="model_not_found") from exc
     if body.method is not None and body.method.type != "supervised":
         raise APIError(400, f"method '{body.method.type}' is not supported yet; use 'supervised'", param="method")
@@ -91,28 +109,19 @@ def create_job(state: State, body: CreateJobRequest) -> dict:
         raise APIError(400, "integrations are not supported", param="integrations")
     _check_file(state, body.training_file, "training_file")
     _check_file(state, body.validation_file, "validation_file")
-    hp = body.hyperparameters
-    if body.method is not None and body.method.supervised is not None and body.method.supervised.hyperparameters:
-        hp = body.method.supervised.hyperparameters
-    job = state.jobs.create(
-        model=body.model,
-        training_file=body.training_file,
-        validation_file=body.validation_file,
-        hyperparameters=(hp or Hyperparameters()).model_dump(),
-        method=body.training_method,
-        suffix=body.suffix,
-        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
-        metadata=body.metadata,
-    )
+    job = state.jobs.create(**spec.columns())
     start_validation(state, job.id)
     return job.to_openai(state.settings.org)
 
 
 def start_validation(state: AppState, job_id: str) -> None:
     """Validate a job's files in the background (moves it to queued or failed)."""
-    from tuneloop.jobs.validation import validate_job
-
-    threading.Thread(target=validate_job, args=(state, job_id), daemon=True, name=f"validate-{job_id}").start()
+    threading.Thread(
+        target=validate_job,
+        args=(state.jobs, state.files, state.catalog, job_id),
+        daemon=True,
+        name=f"validate-{job_id}",
+    ).start()
 
 
 @router.get("/fine_tuning/jobs")

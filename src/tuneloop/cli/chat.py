@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import queue
 import sys
 import time
 from collections.abc import Iterator
 
 import typer
 
+from tuneloop.cli.client import connect
 from tuneloop.config import get_settings
+from tuneloop.data.render import ChatRenderer
+from tuneloop.models import Catalog
 
 
 def chat(
@@ -60,15 +64,13 @@ def _read() -> str | None:
 
 
 def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
-    """Generate in this process with the serving engine (base, fine-tuned and checkpoint models)."""
-    import queue
+    """Generate in this process with the serving engine (base, fine-tuned and checkpoint models).
 
-    from tuneloop.api.generation import eos_ids
-    from tuneloop.data.render import ChatRenderer
-    from tuneloop.engine.engine import Detokenizer, FinishEvent, Request
+    A conversation longer than the model's context raises ContextLengthError (a one-line error)."""
+    # imported here: the engine loads torch and the job store SQLAlchemy, which `--base-url` and `--help` skip
+    from tuneloop.engine.engine import FinishEvent
     from tuneloop.engine.model_pool import EngineOptions, ModelPool
-    from tuneloop.engine.sampling import Sampler, SamplingParams
-    from tuneloop.models import Catalog
+    from tuneloop.engine.sampling import SamplingParams
     from tuneloop.store.db import make_engine
     from tuneloop.store.jobs import JobStore
 
@@ -76,18 +78,14 @@ def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
     started = time.perf_counter()
     options = EngineOptions(max_batch=1, weights=settings.serve_weights, activations=settings.serve_activations)
     pool = ModelPool(Catalog(settings), JobStore(make_engine(settings)), options)
-    resolved = pool.resolve(model)
-    engine, adapter = pool.acquire(resolved)
+    engine, adapter = pool.acquire(pool.resolve(model))
     print(f"Loaded {model} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    renderer, eos = ChatRenderer(engine.tokenizer), eos_ids(engine)
+    renderer = ChatRenderer(engine.tokenizer)
+    params = SamplingParams(max_tokens=max(1, max_tokens), temperature=temperature, seed=seed)
 
     def reply(history: list[dict]) -> Iterator[str]:
-        prompt = renderer.render_prompt(history)
-        budget = min(max_tokens, pool.context_length(resolved) - len(prompt))
-        params = SamplingParams(max_tokens=max(1, budget), temperature=temperature, seed=seed)
         events: queue.Queue = queue.Queue()
-        engine.submit(Request(prompt, params, Sampler(params, eos), Detokenizer(engine.tokenizer, []), events.put,
-                              adapter))  # fmt: skip
+        engine.generate(renderer.render_prompt(history), params, adapter, events.put)
         while not isinstance(event := events.get(), FinishEvent):
             yield event.text
 
@@ -96,7 +94,6 @@ def _local(model: str, max_tokens: int, temperature: float, seed: int | None):
 
 def _remote(base_url: str, model: str, max_tokens: int, temperature: float, seed: int | None):
     """Stream answers from a server through the OpenAI client."""
-    from tuneloop.cli.client import connect
 
     def reply(history: list[dict]) -> Iterator[str]:
         with connect(base_url) as client:

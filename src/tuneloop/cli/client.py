@@ -8,15 +8,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from tuneloop.errors import TuneloopError
+
+# the commands' console and time format are the job follower's, so a followed job and a table look alike
+from tuneloop.jobs.follow import plain_console as output_console  # noqa: F401
+from tuneloop.jobs.follow import timestamp  # noqa: F401
 
 if TYPE_CHECKING:
     import openai
@@ -26,7 +28,6 @@ PLACEHOLDER_KEY = "tuneloop"  # sent when TUNELOOP_API_KEY is unset; the server 
 MAX_RETRIES = 1
 TIMEOUT_SECONDS = 600.0  # long enough for a large upload
 CONNECT_TIMEOUT_SECONDS = 10.0
-PIPED_WIDTH = 200  # columns for tables written to a pipe or file, so ids are never cut
 
 BaseUrl = Annotated[
     str,
@@ -94,20 +95,6 @@ def connect(base_url: str = DEFAULT_BASE_URL) -> Iterator[openai.OpenAI]:
             yield client
     finally:
         client.close()
-
-
-def timestamp(seconds: int | float | None, with_seconds: bool = True) -> str:
-    """A unix time as local ``YYYY-MM-DD HH:MM[:SS]`` (``-`` when unset)."""
-    fmt = "%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M"
-    return datetime.fromtimestamp(seconds).strftime(fmt) if seconds else "-"
-
-
-def output_console() -> Console:
-    """A console on stdout that prints values verbatim (no markup, no ``:emoji:`` codes, which model ids can
-    contain); when stdout is not a terminal it is wide enough that rows are not squeezed to 80 columns."""
-    plain = {"markup": False, "emoji": False, "highlight": False}
-    console = Console(**plain)
-    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=PIPED_WIDTH, **plain)
 
 
 def table(*columns: str, ids: tuple[str, ...] = ()) -> Table:

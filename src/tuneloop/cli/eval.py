@@ -7,8 +7,22 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from tuneloop.errors import TuneloopError
+from tuneloop.evals import (
+    Candidate,
+    EvalConfig,
+    JudgeConfig,
+    build_report,
+    parse_metrics_csv,
+    print_report,
+    read_metrics_csv,
+    run_eval,
+    write_html,
+    write_json,
+)
+from tuneloop.evals.runner import EndpointUnreachableError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 PLACEHOLDER_KEY = "tuneloop"
@@ -20,10 +34,8 @@ class _BadOption(TuneloopError):
     exit_code = 2
 
 
-def _console():
+def _console() -> Console:
     """Rich console on stdout, wide when piped so the table is not squeezed to 80 columns."""
-    from rich.console import Console
-
     console = Console()
     return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 
@@ -43,10 +55,7 @@ def _parse_candidate(spec: str) -> tuple[str, str | None]:
 
 def _job_curves(job_ids: list[str], base_url: str, api_key: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Loss curves from each job's result file, and the jobs' fine-tuned models."""
-    import openai
-
-    from tuneloop.evals.report import parse_metrics_csv
-    from tuneloop.evals.runner import EndpointUnreachableError
+    import openai  # imported here: it takes ~0.5 s, which `tuneloop --help` and the other commands never need
 
     curves, models = [], []
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=60)
@@ -116,9 +125,6 @@ def eval_command(
     Prints quality, tokens and latency per candidate with ratios against the few-shot baseline;
     with --out also writes report.json and a self-contained report.html.
     """
-    from tuneloop.evals.report import build_report, print_report, read_metrics_csv, write_html, write_json
-    from tuneloop.evals.runner import Candidate, EvalConfig, JudgeConfig, run_eval
-
     if grader not in GRADERS:
         raise _BadOption(f"unknown grader '{grader}'; choose one of: {', '.join(GRADERS)}")
     if operation not in OPERATIONS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import typer
 
 from tuneloop.cli.client import DEFAULT_BASE_URL, BaseUrl, connect, output_console, table, timestamp
 from tuneloop.errors import TuneloopError
+from tuneloop.fileio import AtomicWriter
 
 app = typer.Typer(help="Training files on the tuneloop server (OpenAI's Files API).", no_args_is_help=True)
 
@@ -104,13 +104,7 @@ def content(
                 sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
             return
-        partial = output.with_name(f".{output.name}.part")
-        try:
-            with partial.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-            os.replace(partial, output)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        with AtomicWriter(output) as out:
+            for chunk in response.iter_bytes():
+                out.file.write(chunk)
     typer.echo(f"wrote {output.stat().st_size:,} bytes to {output}", err=True)

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from tuneloop.cli.client import DEFAULT_BASE_URL, BaseUrl, connect, output_console, table, timestamp
 from tuneloop.cli.options import BatchSize, Epochs, LearningRateMultiplier, Method, TrainingMethod
 from tuneloop.errors import TuneloopError
+from tuneloop.jobs.follow import EVENTS_PAGE, print_event
+from tuneloop.jobs.follow import watch as follow_on
 
 if TYPE_CHECKING:
     from openai import OpenAI
-    from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
+    from openai.types.fine_tuning import FineTuningJob
 
 app = typer.Typer(help="Fine-tuning jobs on the tuneloop server (OpenAI's Fine-tuning API).", no_args_is_help=True)
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-EVENTS_PAGE = 100  # events fetched per request while following
-LEVEL_STYLES = {"warn": "yellow", "warning": "yellow", "error": "red"}
 
 
 def _check_metadata(values: list[str]) -> list[str]:
@@ -48,13 +42,6 @@ def _hyperparameters(job: FineTuningJob) -> str:
     if hp is None:
         return "-"
     return f"epochs={hp.n_epochs} batch_size={hp.batch_size} lr_multiplier={hp.learning_rate_multiplier}"
-
-
-def _print_event(event: FineTuningJobEvent, out: Console) -> None:
-    line = Text.assemble(
-        (f"{timestamp(event.created_at)}  ", "dim"), (event.message, LEVEL_STYLES.get(event.level, ""))
-    )
-    out.print(line, soft_wrap=True)
 
 
 @app.command("create")
@@ -197,7 +184,7 @@ def events(
         return
     console = output_console()
     for event in reversed(page):
-        _print_event(event, console)
+        print_event(event, console)
 
 
 @app.command("checkpoints")
@@ -241,52 +228,9 @@ def follow(
     _finish(final)
 
 
-def _new_events(client: OpenAI, job_id: str, seen: set[str]) -> list[FineTuningJobEvent]:
-    """Events not seen before, oldest first (pages back through the newest-first list until a seen one)."""
-    fresh = []
-    for event in client.fine_tuning.jobs.list_events(job_id, limit=EVENTS_PAGE):
-        if event.id in seen:
-            break
-        fresh.append(event)
-    seen.update(e.id for e in fresh)
-    return fresh[::-1]
-
-
-def _show_metrics(progress: Progress, task: TaskID, data: dict[str, Any]) -> None:
-    loss = f"loss {data['train_loss']:.4f}" if data.get("train_loss") is not None else ""
-    if data.get("valid_loss") is not None:
-        loss += f"  valid {data['valid_loss']:.4f}"
-    progress.update(task, completed=data.get("step", 0), total=data.get("total_steps"), loss=loss)
-
-
 def watch(client: OpenAI, job_id: str, interval: float = 2.0) -> FineTuningJob:
-    """Poll a job and its events until it is finished or paused, showing progress; returns the last job state."""
-    seen: set[str] = set()
-    console = output_console()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-    )
-    try:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("", total=None, loss="")
-            while True:
-                job = client.fine_tuning.jobs.retrieve(job_id)  # before the events, so none is missed at the end
-                for event in _new_events(client, job_id, seen):
-                    if event.type == "metrics" and event.data:
-                        _show_metrics(progress, task, event.data)
-                    else:
-                        _print_event(event, progress.console)
-                progress.update(task, description=job.status)
-                if job.status in TERMINAL or job.status == "paused":
-                    return job
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        console.print(f"stopped following {job_id}; the job goes on (tuneloop jobs follow {job_id})")
-        raise
+    """Follow a job on the command's console (:func:`tuneloop.jobs.follow.watch`); returns its last state."""
+    return follow_on(client, job_id, interval, console=output_console(), events_page=EVENTS_PAGE)
 
 
 def _finish(job: FineTuningJob) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from tuneloop.config import get_settings
+from tuneloop.quickstart.run import run_quickstart
 
 
 def quickstart(
@@ -16,6 +17,4 @@ def quickstart(
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Base model to fine-tune."),
 ) -> None:
     """Generate a task, validate it, fine-tune through the API, evaluate, and chat with the result."""
-    from tuneloop.quickstart.run import run_quickstart
-
     run_quickstart(get_settings(), workdir.resolve(), n_train, n_valid, model)

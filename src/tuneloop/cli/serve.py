@@ -15,6 +15,7 @@ def serve(
     worker: bool = typer.Option(True, "--worker/--no-worker", help="Also run one job worker in this process."),
 ) -> None:
     """Start the OpenAI-compatible API server (and, by default, one fine-tuning worker)."""
+    # here, not at the top: the app loads torch and the engine, which other commands must not wait for
     import uvicorn
 
     from tuneloop.api.app import create_app
@@ -27,7 +28,7 @@ def serve(
 
 def worker() -> None:
     """Run a fine-tuning worker: claim queued jobs from the database and train them."""
-    from tuneloop.jobs.worker import Worker
+    from tuneloop.jobs.worker import Worker  # here, not at the top: it loads torch (through the training loop)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     w = Worker(get_settings())

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from tuneloop.cli.options import BatchSize, Epochs, LearningRateMultiplier, Method, TrainingMethod
+from tuneloop.config import get_settings
+from tuneloop.train import StepMetrics, TrainCallbacks, TrainConfig
 
 
 def train(
@@ -28,8 +30,7 @@ def train(
     """Fine-tune MODEL on a training file; writes OUT/adapter (LoRA) or OUT/model (full)."""
     from tqdm import tqdm
 
-    from tuneloop.train import StepMetrics, TrainCallbacks, TrainConfig
-    from tuneloop.train import train as run_training
+    from tuneloop.train.loop import train as run_training  # here, not at the top: it loads torch
 
     config = TrainConfig(
         model=model,
@@ -60,7 +61,7 @@ def train(
         bar.update(1)
 
     try:
-        result = run_training(config, TrainCallbacks(on_step=on_step))
+        result = run_training(config, TrainCallbacks(on_step=on_step), settings=get_settings())
     finally:
         if bar is not None:
             bar.close()

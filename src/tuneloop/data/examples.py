@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,18 +137,3 @@ def render_examples(
     if max_length is not None:
         out = [r.truncated(max_length) for r in out]
     return out
-
-
-@dataclass
-class RenderedDataset:
-    """A training file as the trainer sees it."""
-
-    format: Format
-    examples: list[Example]
-    rendered: list[Rendered] = field(default_factory=list)
-
-
-def load_rendered(path: Path, renderer: ChatRenderer, max_length: int | None = None) -> RenderedDataset:
-    """Load and render a training file in one call."""
-    fmt, examples = load_examples(path)
-    return RenderedDataset(fmt, examples, render_examples(renderer, examples, max_length))

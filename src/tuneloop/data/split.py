@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneloop.data.convert import MAX_LISTED_ISSUES, AtomicWriter, LineIssue, json_error, loads_strict, same_file
+from tuneloop.data.convert import MAX_LISTED_ISSUES, LineIssue
+from tuneloop.data.records import json_error, loads_strict, same_file
 from tuneloop.errors import TuneloopError
+from tuneloop.fileio import AtomicWriter
 
 _BOM = b"\xef\xbb\xbf"
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -17,7 +17,16 @@ from typing import Any
 
 from tuneloop.data.checks import CHECKS, Problem
 from tuneloop.data.estimate import auto_epochs, training_seconds
-from tuneloop.data.examples import Example, Format, detect_format, parse_example
+from tuneloop.data.examples import (
+    ChatExample,
+    CompletionExample,
+    Example,
+    Format,
+    PreferenceExample,
+    detect_format,
+    parse_example,
+    render_examples,
+)
 from tuneloop.data.render import ChatRenderer, TemplateError
 
 MIN_EXAMPLES = 10
@@ -278,8 +287,6 @@ class _TokenCounter:
             self.flush()
 
     def flush(self) -> None:
-        from tuneloop.data.examples import ChatExample, CompletionExample, PreferenceExample, render_examples
-
         batch = [
             (
                 line,

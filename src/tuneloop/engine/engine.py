@@ -13,6 +13,9 @@ A new request takes the slot (or copies the prefix of the slot) that shares the 
 with its prompt under the same adapter, and prefills only the rest: a system prompt or a block
 of few-shot examples common to many requests is computed once, and a chat's next turn reuses
 the previous one.
+
+``Engine.generate`` is the one way in: it checks that the prompt fits the context, caps the answer
+at the room left, builds the request's sampler (with JSON mode) and detokenizer, and queues it.
 """
 
 from __future__ import annotations
@@ -22,20 +25,43 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
+from tuneloop.engine.json_mode import JsonConstraint
 from tuneloop.engine.lora_weights import LoraAdapter
 from tuneloop.engine.quantized import QuantizedWeight
 from tuneloop.engine.runner import ModelRunner
 from tuneloop.engine.sampling import Sampler, SamplingParams, TokenChoice
+from tuneloop.errors import TuneloopError
 
 log = logging.getLogger(__name__)
 
 
 class QueueFullError(Exception):
     """Too many requests are waiting."""
+
+
+class ContextLengthError(TuneloopError):
+    """A prompt that leaves no room for an answer in the model's context."""
+
+    def __init__(self, limit: int, prompt_tokens: int):
+        self.limit, self.prompt_tokens = limit, prompt_tokens
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
+            f"{prompt_tokens} tokens. Please reduce the length of the messages."
+        )
+
+
+def token_budget(context_length: int, prompt_tokens: int, max_tokens: int | None) -> int:
+    """The tokens a request may generate: ``max_tokens`` (None: all the room) capped at the room the
+    prompt leaves in the context; raises ContextLengthError when it leaves none."""
+    room = context_length - prompt_tokens
+    if room <= 0:
+        raise ContextLengthError(context_length, prompt_tokens)
+    return min(max_tokens or room, room)
 
 
 @dataclass
@@ -118,6 +144,7 @@ class Engine:
         packed: dict[str, QuantizedWeight] | None = None,
     ):  # fmt: skip
         self.tokenizer = tokenizer
+        self.context_length = max_len  # prompt and answer together (the KV cache's length)
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
@@ -141,8 +168,41 @@ class Engine:
         self.thread.start()
         ready.result()  # re-raises the runner's failure
 
+    def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: LoraAdapter | None,
+        on_event: Callable[[Event], None],
+    ) -> Request:  # fmt: skip
+        """Queue a sequence to generate after ``prompt_ids``; its events go to ``on_event`` (on the
+        engine thread). ``params.max_tokens`` is capped at the room the prompt leaves in the context.
+
+        Raises ContextLengthError when the prompt leaves no room, QueueFullError when too many wait.
+        Set the returned request's ``cancelled`` to stop it."""
+        budget = token_budget(self.context_length, len(prompt_ids), params.max_tokens)
+        if budget != params.max_tokens:
+            params = replace(params, max_tokens=budget)
+        json = JsonConstraint(self.token_texts, self.eos_ids) if params.json_object else None
+        sampler = Sampler(params, self.eos_ids, json)
+        request = Request(list(prompt_ids), params, sampler, Detokenizer(self.tokenizer, params.stop), on_event,
+                          adapter)  # fmt: skip
+        self.submit(request)
+        return request
+
+    @cached_property
+    def eos_ids(self) -> set[int]:
+        """The tokens that end an answer: the tokenizer's end of sequence and the model's own."""
+        ids = {self.tokenizer.eos_token_id}
+        extra = getattr(self.runner.hf.generation_config, "eos_token_id", None)
+        ids.update(extra if isinstance(extra, list) else [extra])
+        return {i for i in ids if i is not None}
+
+    @cached_property
+    def token_texts(self) -> list[str]:
+        """Every token's text (JSON mode's constraint reads them; computed on first use)."""
+        return [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+
     def submit(self, request: Request) -> None:
-        """Queue a request; raises QueueFullError when the queue is full."""
+        """Queue a request built by hand (``generate`` builds and queues one); raises QueueFullError
+        when the queue is full."""
         with self.wakeup:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self.waiting)} requests are already waiting")

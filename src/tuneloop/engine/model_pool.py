@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+
 from tuneloop.engine.engine import Engine
 from tuneloop.engine.lora_weights import LoraAdapter, load_lora
 from tuneloop.engine.packed_weights import ServeActivations, ServeWeights, pack_model
 from tuneloop.errors import ModelNotFoundError
-from tuneloop.models import Catalog, load_model
+from tuneloop.models import Catalog, ModelEntry, load_model, load_tokenizer
+from tuneloop.models.loading import auto_classes
 from tuneloop.store.jobs import JobStore
 
 T = TypeVar("T")
@@ -122,9 +125,6 @@ class ModelPool:
         """The running engines by base model (or full model id)."""
         return dict(self._engines)
 
-    def loaded_adapters(self) -> list[str]:
-        return list(self._adapters)
-
     def forget(self, model_id: str) -> None:
         """Drop a deleted model from memory."""
         with self.lock:
@@ -145,11 +145,8 @@ def _in_passing_thread(work: Callable[[], T]) -> T:
         return pool.submit(work).result()
 
 
-def _load_full(path: Path, entry, device: str):
-    import torch
-
-    from tuneloop.models.loading import auto_classes, load_tokenizer
-
+def _load_full(path: Path, entry: ModelEntry, device: str):
+    """A fully fine-tuned model's weights (float32) and tokenizer (its own, else its base model's)."""
     _, AutoModelForCausalLM = auto_classes()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
     tokenizer_entry = entry.model_copy(update={"path": path if (path / "tokenizer.json").is_file() else entry.path})

@@ -12,6 +12,10 @@
 * ``tl_add_rmsnorm``, ``tl_silu_mul`` (``pointwise.c``): a layer's residual add + RMSNorm and its
   SiLU gating (``runner``).
 
+Every exported function is declared in ``kernels/tuneloop.h``, which each source includes (the
+compiler checks the definitions against it); ``SIGNATURES`` declares the same for ctypes, and
+``tests/unit/test_kernel_header.py`` fails where the two disagree.
+
 The sources are built with the system C compiler (AVX2 + FMA, AVX-512 lanes where the CPU has
 them, OpenMP) into ``~/.cache/tuneloop/kernels`` (a temporary folder where that is read-only).
 Where they cannot be built (no compiler, not x86-64 with AVX2/FMA/F16C) ``available()`` is False and
@@ -31,6 +35,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from tuneloop.fileio import atomic_path
+
 log = logging.getLogger(__name__)
 
 _KERNELS = Path(__file__).with_name("kernels")
@@ -40,20 +46,24 @@ _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
 _ERROR: str | None = None
 
+HEADER = _KERNELS / "tuneloop.h"
+
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-#: argument types of every kernel (pointers are ``tensor.data_ptr()`` values)
-_SIGNATURES = {
-    "tl_qmatmul": [_P] * 5 + [_I] * 3,
-    "tl_qmatmul4": [_P] * 5 + [_I] * 3,
-    "tl_decode_attention": [_P] * 10 + [_I] * 5 + [_F],
-    "tl_decode_attention_f16": [_P] * 10 + [_I] * 5 + [_F],
-    "tl_lora": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
-    "tl_lora_f16": [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P],
-    "tl_add_rmsnorm": [_P, _P, _P, _F, _P, _I, _I],
-    "tl_silu_mul": [_P, _P, _P, _I, _I],
+#: every function of ``kernels/tuneloop.h``: (return type, argument types); pointers are
+#: ``tensor.data_ptr()`` values
+SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
+    "tl_qmatmul": (None, [_P] * 5 + [_I] * 3),
+    "tl_qmatmul4": (None, [_P] * 5 + [_I] * 3),
+    "tl_qmatmul_i8": (ctypes.c_int, [_P] * 5 + [_I] * 5),
+    "tl_decode_attention": (None, [_P] * 10 + [_I] * 5 + [_F]),
+    "tl_decode_attention_f16": (None, [_P] * 10 + [_I] * 5 + [_F]),
+    "tl_lora": (None, [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P]),
+    "tl_lora_f16": (None, [_P, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P]),
+    "tl_add_rmsnorm": (None, [_P, _P, _P, _F, _P, _I, _I]),
+    "tl_silu_mul": (None, [_P, _P, _P, _I, _I]),
 }
-#: kernels only some builds have (name -> argument types; they return an int status)
-_OPTIONAL = {"tl_qmatmul_i8": [_P] * 5 + [_I] * 5}
+#: kernels only some builds have (``tl_qmatmul_i8``: AVX-512 VNNI builds)
+OPTIONAL = frozenset({"tl_qmatmul_i8"})
 
 
 def library() -> ctypes.CDLL | None:
@@ -113,7 +123,7 @@ def build(flags: set[str] | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
     options = [*_FLAGS, *lane_flags(flags)]
-    files = sorted(_KERNELS.glob("*.[ch]"))  # the sources and the headers they include
+    files = sorted(_KERNELS.glob("*.[ch]"))  # the sources and the headers they include (tuneloop.h too)
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files) + " ".join([compiler, *options]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "kernels"
     try:
@@ -124,13 +134,11 @@ def build(flags: set[str] | None = None) -> Path:
     target = cache / f"kernels-{digest.hexdigest()[:16]}.so"
     if target.is_file():
         return target
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        built = Path(tmp) / target.name
+    with atomic_path(target) as built:  # concurrent builders each leave a complete file
         command = [compiler, *options, *map(str, _SOURCES), "-lm", "-o", str(built)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-500:]}")
-        os.replace(built, target)  # atomic: concurrent builders each leave a complete file
     return target
 
 
@@ -139,11 +147,9 @@ def load(path: Path) -> ctypes.CDLL:
     import torch  # noqa: F401  (loaded first, so the kernels' OpenMP shares torch's libgomp and threads)
 
     lib = ctypes.CDLL(str(path))
-    for name, argtypes in _SIGNATURES.items():
+    for name, (restype, argtypes) in SIGNATURES.items():
+        if name in OPTIONAL and not hasattr(lib, name):
+            continue
         function = getattr(lib, name)
-        function.argtypes, function.restype = argtypes, None
-    for name, argtypes in _OPTIONAL.items():
-        if hasattr(lib, name):
-            function = getattr(lib, name)
-            function.argtypes, function.restype = argtypes, ctypes.c_int
+        function.argtypes, function.restype = argtypes, restype
     return lib

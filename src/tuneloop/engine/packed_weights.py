@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +20,7 @@ import torch
 
 from tuneloop.engine import native
 from tuneloop.engine.quantized import GROUP, GroupQuantized, Int8ActivationCodes, QuantizedWeight, quantize_int8
+from tuneloop.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,8 @@ def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> di
         if c.offset is not None:
             tensors[f"{name}.offset"] = c.offset
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)  # atomic: concurrent servers each leave a complete file
+        with atomic_path(path) as tmp:  # concurrent servers each leave a complete file
+            save_file(tensors, str(tmp))
     except OSError as exc:  # a read-only model folder: no cache
         log.info("cannot cache quantized codes in %s: %s", cache_dir, exc)
     return packed

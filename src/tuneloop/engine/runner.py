@@ -1,8 +1,8 @@
 """The model runner: a Llama-family forward pass over many sequences and many LoRA adapters at once.
 
 Every request owns a slot of a preallocated KV cache. ``prefill`` runs one request's prompt;
-``decode`` advances any set of slots by one token in a single batched forward pass, whatever
-adapter each slot uses: the base weights are read once per step for the whole batch, and each
+``step`` advances any set of slots by one token (or a piece of a prompt) in a single batched
+forward pass, whatever adapter each slot uses: the base weights are read once per step for the whole batch, and each
 adapter's low-rank update is applied only to its own rows. Works for Llama, SmolLM2, Qwen2 and
 Mistral (HF module weights are used as they are; nothing is copied). Layers given 8- or 4-bit
 codes (``packed``, see ``packed_weights``) run steps of up to ``quantized.max_rows()`` rows from
@@ -133,11 +133,6 @@ class ModelRunner:
         for start in range(0, len(token_ids), self.codes_max_rows):
             logits = self.step([slot], [token_ids[start : start + self.codes_max_rows]], [adapter])
         return logits[0]
-
-    @torch.inference_mode()
-    def decode(self, slots: Sequence[int], token_ids: Sequence[int], adapters: Sequence[LoraAdapter | None]):
-        """Advance each slot by its one new token in a single batch; return logits [len(slots), vocab]."""
-        return self.step(slots, [[t] for t in token_ids], adapters)
 
     @property
     def joins_prompts(self) -> bool:

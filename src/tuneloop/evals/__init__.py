@@ -2,7 +2,8 @@
 
 ``run_eval(EvalConfig(...))`` asks every candidate every held-out question through an
 OpenAI-compatible endpoint; ``build_report`` summarises quality, cost and speed against the
-few-shot baseline; the report prints as a table and is written as JSON and as an HTML page.
+few-shot baseline (``report``); the report prints as a table (``report_terminal``) and is written as
+JSON and as an HTML page from a Jinja2 template (``report_html``, ``templates/report.html.j2``).
 """
 
 from tuneloop.evals.fewshot import FewShotPrompter
@@ -17,15 +18,9 @@ from tuneloop.evals.graders import (
     detect_task,
     select_graders,
 )
-from tuneloop.evals.report import (
-    EvalReport,
-    build_report,
-    print_report,
-    read_metrics_csv,
-    render_html,
-    write_html,
-    write_json,
-)
+from tuneloop.evals.report import EvalReport, build_report, parse_metrics_csv, read_metrics_csv, write_json
+from tuneloop.evals.report_html import render_html, write_html
+from tuneloop.evals.report_terminal import print_report
 from tuneloop.evals.runner import Candidate, EvalConfig, EvalRun, JudgeConfig, run_eval
 
 __all__ = [
@@ -44,6 +39,7 @@ __all__ = [
     "TextSimilarityGrader",
     "build_report",
     "detect_task",
+    "parse_metrics_csv",
     "print_report",
     "read_metrics_csv",
     "render_html",

@@ -6,7 +6,6 @@ A job picked up again after its worker died resumes from its latest checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,12 +15,15 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from tuneloop.config import Settings
+from tuneloop.jobs.spec import JobSpec
 from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
 from tuneloop.store.ids import fine_tuned_model_id
 from tuneloop.store.jobs import Job, JobStore
-from tuneloop.train import CheckpointInfo, StepMetrics, TrainCallbacks, TrainConfig, train
 from tuneloop.train.checkpoint import latest_checkpoint
+from tuneloop.train.config import ResolvedHyperparameters
+from tuneloop.train.loop import train
+from tuneloop.train.metrics import CheckpointInfo, StepMetrics, TrainCallbacks
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = (
@@ -86,49 +88,14 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
         jobs.add_event(job.id, "Fine-tuning job started", data=None)
     else:
         jobs.add_event(job.id, f"Fine-tuning job resumed from checkpoint {resume.name} (attempt {job.attempts})")
-    hp = job.hyperparameters
-    config = TrainConfig(
-        model=job.model,
-        training_file=files.path(files.get(job.training_file)),
-        validation_file=files.path(files.get(job.validation_file)) if job.validation_file else None,
-        output_dir=out,
-        method=job.method,
-        n_epochs=hp.get("n_epochs", "auto"),
-        batch_size=hp.get("batch_size", "auto"),
-        learning_rate_multiplier=hp.get("learning_rate_multiplier", "auto"),
-        seed=job.seed,
-        resume_from="latest" if resume is not None else None,
-        device=settings.device if settings.device != "auto" else None,
-    )
-    model_id = fine_tuned_model_id(job.model, settings.org, job.suffix, job.id)  # checkpoints share its id
-    started = time.time()
-    first_step: int | None = None  # the step this attempt started from (resumes start midway)
-
-    def on_step(m: StepMetrics) -> None:
-        nonlocal first_step
-        values: dict = {}
-        if first_step is None:
-            first_step = m.step - 1
-            values["resolved"] = json.loads((out / "resolved_config.json").read_text())["hyperparameters"]
-        done_here = max(1, m.step - first_step)
-        values["estimated_finish"] = int(time.time() + (time.time() - started) / done_here * (m.total_steps - m.step))
-        jobs.update_where(job.id, worker_id=worker_id, values=values)
-        data = {k: getattr(m, k) for k in METRIC_KEYS}
-        jobs.add_event(job.id, step_message(m), type="metrics", data=data)
-
-    def on_checkpoint(info: CheckpointInfo) -> None:
-        checkpoint_id = f"{model_id}:ckpt-step-{info.step}"
-        metrics = {k: getattr(info.metrics, k) for k in METRIC_KEYS if k != "total_steps"} if info.metrics else {}
-        jobs.add_checkpoint(job.id, info.step, checkpoint_id, metrics, str(info.path))
-        existing = {str(p) for p in (out / "checkpoints").iterdir() if p.is_dir()}
-        jobs.delete_checkpoints_except(job.id, existing)
-        jobs.add_event(job.id, f"Checkpoint created at step {info.step} with Snapshot ID: {checkpoint_id}")
-
-    result = train(config, TrainCallbacks(on_step=on_step, on_checkpoint=on_checkpoint), stop.is_set)
+    spec = JobSpec.of(job)
+    config = spec.train_config(settings, files, out, resume=resume is not None)
+    model_id = fine_tuned_model_id(spec.model, settings.org, spec.suffix, job.id)  # checkpoints share its id
+    result = train(config, _callbacks(jobs, job.id, worker_id, model_id, out), stop.is_set, settings=settings)
     if result.stopped:
         return  # paused or cancelled: the worker records the outcome
     results = files.create_bytes("step_metrics.csv", "fine-tune-results", result.metrics_csv.read_bytes())
-    jobs.add_model(model_id, job.model, job.id, result.method, str(result.weights_path))
+    jobs.add_model(model_id, spec.model, job.id, result.method, str(result.weights_path))
     jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
     resolved = result.hyperparameters.model_dump()
     if jobs.finish(job.id, "succeeded", fine_tuned_model=model_id, trained_tokens=result.trained_tokens,
@@ -136,3 +103,32 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
         jobs.add_event(job.id, "The job has successfully completed")
     else:  # cancelled in the very last moment: do not publish the model
         jobs.delete_model(model_id)
+
+
+def _callbacks(jobs: JobStore, job_id: str, worker_id: str, model_id: str, out: Path) -> TrainCallbacks:
+    """Record the run in the job: resolved hyperparameters, step metrics and estimate, checkpoints."""
+    started = time.time()
+    first_step: int | None = None  # the step this attempt started from (resumes start midway)
+
+    def on_start(resolved: ResolvedHyperparameters) -> None:
+        jobs.update_where(job_id, worker_id=worker_id, values={"resolved": resolved.model_dump()})
+
+    def on_step(m: StepMetrics) -> None:
+        nonlocal first_step
+        if first_step is None:
+            first_step = m.step - 1
+        done_here = max(1, m.step - first_step)
+        finish = int(time.time() + (time.time() - started) / done_here * (m.total_steps - m.step))
+        jobs.update_where(job_id, worker_id=worker_id, values={"estimated_finish": finish})
+        data = {k: getattr(m, k) for k in METRIC_KEYS}
+        jobs.add_event(job_id, step_message(m), type="metrics", data=data)
+
+    def on_checkpoint(info: CheckpointInfo) -> None:
+        checkpoint_id = f"{model_id}:ckpt-step-{info.step}"
+        metrics = {k: getattr(info.metrics, k) for k in METRIC_KEYS if k != "total_steps"} if info.metrics else {}
+        jobs.add_checkpoint(job_id, info.step, checkpoint_id, metrics, str(info.path))
+        existing = {str(p) for p in (out / "checkpoints").iterdir() if p.is_dir()}
+        jobs.delete_checkpoints_except(job_id, existing)
+        jobs.add_event(job_id, f"Checkpoint created at step {info.step} with Snapshot ID: {checkpoint_id}")
+
+    return TrainCallbacks(on_start=on_start, on_step=on_step, on_checkpoint=on_checkpoint)

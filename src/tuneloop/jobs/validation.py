@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from tuneloop.data.render import ChatRenderer
 from tuneloop.data.validate import ValidationReport, validate_file
-from tuneloop.models import load_tokenizer
-
-if TYPE_CHECKING:
-    from tuneloop.api.state import AppState
+from tuneloop.models import Catalog, load_tokenizer
+from tuneloop.store.files import FileStore
+from tuneloop.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 5
@@ -37,9 +35,8 @@ def _failure(report: ValidationReport, param: str) -> dict:
     }
 
 
-def validate_job(state: AppState, job_id: str) -> None:
+def validate_job(jobs: JobStore, files: FileStore, catalog: Catalog, job_id: str) -> None:
     """Validate the training (and validation) file of a job in ``validating_files``."""
-    jobs = state.jobs
     job = jobs.get(job_id)
     if job is None or job.status != "validating_files":
         return
@@ -48,34 +45,35 @@ def validate_job(state: AppState, job_id: str) -> None:
         what += f" and validation file: {job.validation_file}"
     jobs.add_event(job_id, what)
     try:
-        entry = state.catalog.ensure_ready(state.catalog.get(job.model))
-        renderer = ChatRenderer(load_tokenizer(entry))
-        for file_id, param in ((job.training_file, "training_file"), (job.validation_file, "validation_file")):
-            if file_id is None:
-                continue
-            record = state.files.get(file_id)
-            if record is None:
-                error = {"code": f"invalid_{param}", "message": f"{file_id} was deleted", "param": param}
-                _fail(state, job_id, error)
-                return
-            report = validate_file(state.files.path(record), renderer, entry.context_length, entry.parameter_count)
-            if param == "validation_file" and set(report.error_counts) == {"too_few_examples"}:
-                continue  # a small validation file is fine
-            if not report.ok:
-                _fail(state, job_id, _failure(report, param))
-                return
-            if report.format not in ("chat", "completion"):
-                message = f"Invalid file format: {file_id} is in the {report.format} format, but the job is supervised"
-                _fail(state, job_id, {"code": f"invalid_{param}", "message": message, "param": param})
-                return
+        error = _first_error(files, catalog, job.model, job.training_file, job.validation_file)
     except Exception as exc:  # never leave a job in validating_files
         log.exception("validation of %s crashed", job_id)
-        _fail(state, job_id, {"code": "validation_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
-        return
-    if jobs.update(job_id, when_status=("validating_files",), status="queued"):
+        error = {"code": "validation_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+    if error is not None:
+        if jobs.finish(job_id, "failed", error=error):
+            jobs.add_event(job_id, error["message"], level="error")
+    elif jobs.update(job_id, when_status=("validating_files",), status="queued"):
         jobs.add_event(job_id, "Files validated, moving job to queued state")
 
 
-def _fail(state: AppState, job_id: str, error: dict) -> None:
-    if state.jobs.finish(job_id, "failed", error=error):
-        state.jobs.add_event(job_id, error["message"], level="error")
+def _first_error(
+    files: FileStore, catalog: Catalog, model: str, training_file: str, validation_file: str | None
+) -> dict | None:
+    """The job error of the first file that fails validation, or None when both pass."""
+    entry = catalog.ensure_ready(catalog.get(model))
+    renderer = ChatRenderer(load_tokenizer(entry))
+    for file_id, param in ((training_file, "training_file"), (validation_file, "validation_file")):
+        if file_id is None:
+            continue
+        record = files.get(file_id)
+        if record is None:
+            return {"code": f"invalid_{param}", "message": f"{file_id} was deleted", "param": param}
+        report = validate_file(files.path(record), renderer, entry.context_length, entry.parameter_count)
+        if param == "validation_file" and set(report.error_counts) == {"too_few_examples"}:
+            continue  # a small validation file is fine
+        if not report.ok:
+            return _failure(report, param)
+        if report.format not in ("chat", "completion"):
+            message = f"Invalid file format: {file_id} is in the {report.format} format, but the job is supervised"
+            return {"code": f"invalid_{param}", "message": message, "param": param}
+    return None

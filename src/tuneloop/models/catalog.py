@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import re
 import sys
-import tempfile
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +18,8 @@ from pydantic import BaseModel, Field
 
 from tuneloop.config import Settings
 from tuneloop.errors import InvalidModelError, ModelNotFoundError, TuneloopError
+from tuneloop.fileio import write_atomic
+from tuneloop.models.convert import convert_gguf
 from tuneloop.models.inspect import ModelFacts, inspect_gguf, inspect_hf_folder
 
 BUILTIN_NAME = "smollm2-135m-instruct"
@@ -88,12 +89,8 @@ class Catalog:
         return {name: ModelEntry.model_validate(e) for name, e in raw.get("models", {}).items()}
 
     def _save(self, entries: dict[str, ModelEntry]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         payload = {"models": {n: e.model_dump(mode="json") for n, e in entries.items()}}
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".catalog-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, self.file)
+        write_atomic(self.file, json.dumps(payload, indent=2))
 
     def _builtin_entry(self, stored: ModelEntry | None) -> ModelEntry:
         if stored is not None:
@@ -134,8 +131,6 @@ class Catalog:
     # -- changes -------------------------------------------------------------------------------
     def add(self, name: str, source: Path) -> ModelEntry:
         """Register a local Hugging Face folder or GGUF file (a GGUF is converted now)."""
-        import time
-
         if not _NAME_RE.match(name):
             raise TuneloopError(
                 f"invalid model name '{name}': use letters, digits, '.', '_' or '-' (at most 64 characters)"
@@ -183,8 +178,6 @@ class Catalog:
         return entry
 
     def _convert(self, name: str, gguf: Path) -> Path:
-        from tuneloop.models.convert import convert_gguf
-
         dest = self.dir / name
         if (dest / "config.json").is_file():
             return dest

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tuneloop.errors import InvalidModelError
+from tuneloop.fileio import atomic_path
 
 
 def convert_gguf(gguf: Path, dest: Path) -> None:
@@ -16,12 +14,12 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     The folder is written under a temporary name beside ``dest`` and renamed into place only
     when complete, so an interrupted or failed conversion never leaves a half-written model.
     """
+    # imported here: torch and transformers take seconds to load, and the catalog (which imports
+    # this module) is also used by light commands such as `tuneloop models list`
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".converting-{dest.name}-"))
-    try:
+    with atomic_path(dest, directory=True) as tmp:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -34,7 +32,3 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -7,13 +7,31 @@ zero-shot vs base few-shot vs fine-tuned on held-out examples;  4. chat with the
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from tuneloop.api.process import ServerProcess
 from tuneloop.config import Settings
+from tuneloop.data.render import ChatRenderer
+from tuneloop.data.report import print_validation
+from tuneloop.data.validate import validate_file
 from tuneloop.errors import TuneloopError
+from tuneloop.evals import (
+    Candidate,
+    EvalConfig,
+    build_report,
+    parse_metrics_csv,
+    print_report,
+    run_eval,
+    write_html,
+    write_json,
+)
+from tuneloop.jobs.follow import watch
+from tuneloop.models import Catalog, load_tokenizer
+from tuneloop.quickstart.task import write_task
 
 BASE = "smollm2-135m-instruct"
 console = Console()
@@ -25,15 +43,6 @@ def _step(n: int, title: str) -> None:
 
 def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_valid: int = 60, base: str = BASE) -> Path:
     """Run the loop end to end; return the path of the HTML report."""
-    from tuneloop.cli.data import print_report as print_validation
-    from tuneloop.cli.jobs import watch
-    from tuneloop.data.render import ChatRenderer
-    from tuneloop.data.validate import validate_file
-    from tuneloop.evals import Candidate, EvalConfig, build_report, print_report, run_eval, write_html, write_json
-    from tuneloop.evals.report import parse_metrics_csv
-    from tuneloop.models import Catalog, load_tokenizer
-    from tuneloop.quickstart.task import write_task
-
     started = time.perf_counter()
     _step(1, "Prepare: generate and validate a small task")
     train_file, valid_file = write_task(workdir / "data", n_train, n_valid)
@@ -46,8 +55,6 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
         raise TuneloopError("the generated training file did not validate")
 
     _step(2, "Train: fine-tune through the OpenAI-compatible API")
-    from tuneloop.api.process import ServerProcess
-
     server = ServerProcess(settings.home, log_path=workdir / "server.log", api_key=settings.api_key).wait_ready()
     base_url = server.base_url
     client = server.client(max_retries=2)
@@ -98,7 +105,5 @@ def run_quickstart(settings: Settings, workdir: Path, n_train: int = 240, n_vali
 
 
 def _system(train_file: Path) -> str:
-    import json
-
     with train_file.open() as f:
         return json.loads(f.readline())["messages"][0]["content"]

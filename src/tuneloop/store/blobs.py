@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from tuneloop.errors import TuneloopError
+from tuneloop.fileio import AtomicWriter
 
 
 class TooLargeError(TuneloopError):
@@ -29,26 +28,19 @@ class BlobStore:
     def put_stream(self, stream: BinaryIO | Iterable[bytes], max_bytes: int) -> tuple[str, int]:
         """Store a stream; return (sha256, size). Raises TooLargeError past ``max_bytes``
         (nothing is kept). Written to a temporary file and renamed, so a blob is never partial."""
-        self.root.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                chunks = iter(lambda: stream.read(1 << 20), b"") if hasattr(stream, "read") else stream
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TooLargeError(f"file is larger than the {max_bytes:,}-byte limit")
-                    digest.update(chunk)
-                    out.write(chunk)
+        # the blob's name is its digest, known only at the end: write under a temporary name in root
+        with AtomicWriter(self.root / "upload", tmp_dir=self.root) as out:
+            chunks = iter(lambda: stream.read(1 << 20), b"") if hasattr(stream, "read") else stream
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLargeError(f"file is larger than the {max_bytes:,}-byte limit")
+                digest.update(chunk)
+                out.file.write(chunk)
             sha = digest.hexdigest()
-            dest = self.path(sha)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
-            return sha, size
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            out.dest = self.path(sha)
+        return sha, size
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         """Store bytes; return (sha256, size)."""

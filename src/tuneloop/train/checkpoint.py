@@ -2,14 +2,14 @@
 ``trainer_state.pt`` (optimizer, scheduler, data order, RNG) and ``checkpoint.json`` (step,
 metrics, resolved configuration).
 
-A checkpoint is written under a temporary name and renamed into place when complete, so a process
-killed at any moment leaves either the whole checkpoint or none of it.
+A checkpoint is written under a temporary name and renamed into place when complete
+(``fileio.atomic_path``), so a process killed at any moment leaves either the whole checkpoint or
+none of it. The keys of the trainer state and of ``checkpoint.json`` are the ``*_KEY`` constants.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -20,26 +20,43 @@ from typing import Any
 import torch
 
 from tuneloop.errors import TuneloopError
+from tuneloop.fileio import atomic_path
 
 STATE_FILE = "trainer_state.pt"
 META_FILE = "checkpoint.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
+# The trainer state (trainer_state.pt): where the run stands and what continues it exactly.
+STEP_KEY = "step"  # optimizer steps done (also in checkpoint.json)
+EPOCH_KEY = "epoch"  # the epoch of that step (also in checkpoint.json)
+ELAPSED_KEY = "elapsed"  # training seconds so far, across resumes
+TOTAL_STEPS_KEY = "total_steps"
+N_TRAINED_EXAMPLES_KEY = "n_trained_examples"
+OPTIMIZER_KEY = "optimizer"
+SCHEDULER_KEY = "scheduler"
+EPOCH_ORDER_KEY = "epoch_order"  # the example order of the current epoch
+RNG_KEY = "rng"  # rng_state()
+# checkpoint.json, besides the step and epoch
+METRICS_KEY = "metrics"  # the step's StepMetrics
+RESOLVED_KEY = "resolved"  # the run's resolved configuration (resolved_config.json)
+# rng_state()
+_PYTHON_RNG, _TORCH_RNG, _CUDA_RNG = "python", "torch", "cuda"
+
 
 def rng_state() -> dict[str, Any]:
     """The random generators' states (Python, torch CPU, CUDA)."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {_PYTHON_RNG: random.getstate(), _TORCH_RNG: torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state[_CUDA_RNG] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``rng_state`` captured."""
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state[_PYTHON_RNG])
+    torch.set_rng_state(state[_TORCH_RNG])
+    if _CUDA_RNG in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state[_CUDA_RNG])
 
 
 def write_checkpoint(
@@ -51,20 +68,22 @@ def write_checkpoint(
     keep: int,
 ) -> Path:
     """Write ``root/step-<step>`` atomically and delete all but the newest ``keep`` checkpoints."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step}"
     final = root / f"step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_weights(tmp)
-    torch.save(trainer_state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    clear_leftovers(final)
+    with atomic_path(final, directory=True) as tmp:
+        write_weights(tmp)
+        torch.save(trainer_state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def clear_leftovers(dest: Path) -> None:
+    """Remove what a killed writer of ``dest`` left: ``atomic_path``'s temporaries (``.<name>.<pid>.<hex>.tmp``)."""
+    if dest.parent.is_dir():
+        for leftover in dest.parent.glob(f".{dest.name}.*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

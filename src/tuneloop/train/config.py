@@ -11,11 +11,10 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from tuneloop.data.estimate import auto_epochs
-
-Auto = Literal["auto"]
+from tuneloop.train.hyperparameters import BatchSize, Epochs, LearningRateMultiplier
 
 #: Learning rate at ``learning_rate_multiplier == 1`` for each method (AdamW).
 BASE_LEARNING_RATE = {"lora": 1e-4, "full": 1e-5}
@@ -33,11 +32,11 @@ class TrainConfig(BaseModel):
     method: Literal["lora", "full"] = Field(
         default="lora", description="`lora` trains low-rank adapters; `full` trains every weight."
     )
-    n_epochs: Auto | int = Field(default="auto", description="Passes over the training file, or `auto`.")
-    batch_size: Auto | int = Field(default="auto", description="Examples per optimizer step, or `auto`.")
-    learning_rate_multiplier: Auto | float = Field(
+    n_epochs: Epochs = Field(default="auto", description="Passes over the training file (1-50), or `auto`.")
+    batch_size: BatchSize = Field(default="auto", description="Examples per optimizer step (1-256), or `auto`.")
+    learning_rate_multiplier: LearningRateMultiplier = Field(
         default="auto",
-        description="Scales the method's base learning rate (LoRA 1e-4, full 1e-5), or `auto`.",
+        description="Scales the method's base learning rate (LoRA 1e-4, full 1e-5; at most 100), or `auto`.",
     )
     lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(default=32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -78,20 +77,6 @@ class TrainConfig(BaseModel):
         default=None, description="Checkpoint folder to continue from, or `latest` in output_dir/checkpoints."
     )
     device: str | None = Field(default=None, description="Torch device; None: TUNELOOP_DEVICE (auto: cuda if any).")
-
-    @field_validator("n_epochs", "batch_size")
-    @classmethod
-    def _positive_int(cls, v: int | str) -> int | str:
-        if v != "auto" and int(v) < 1:
-            raise ValueError("must be a positive integer or 'auto'")
-        return v
-
-    @field_validator("learning_rate_multiplier")
-    @classmethod
-    def _positive_float(cls, v: float | str) -> float | str:
-        if v != "auto" and not float(v) > 0:
-            raise ValueError("must be a positive number or 'auto'")
-        return v
 
 
 class ResolvedHyperparameters(BaseModel):

@@ -68,8 +68,9 @@ class DistContext:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
-def init_distributed(device: str) -> DistContext:
-    """Join the process group that torchrun describes (if any) and pick this process's device and threads."""
+def init_distributed(device: str, num_threads: int | None = None) -> DistContext:
+    """Join the process group that torchrun describes (if any) and pick this process's device and threads
+    (``num_threads``: the settings' override of each process's share of the cores)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -81,18 +82,13 @@ def init_distributed(device: str) -> DistContext:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
     if torch_device.type == "cpu":
-        configure_cpu_threads(local_world)
+        configure_cpu_threads(local_world, num_threads)
     return DistContext(rank, world, local_rank, local_world, torch_device)
 
 
-def configure_cpu_threads(processes_per_machine: int = 1) -> None:
-    """Give each process an equal share of the cores for intra-op work.
-
-    ``TUNELOOP_NUM_THREADS`` overrides the share.
-    """
-    from tuneloop.config import get_settings
-
-    override = get_settings().num_threads
+def configure_cpu_threads(processes_per_machine: int = 1, override: int | None = None) -> None:
+    """Give each process an equal share of the cores for intra-op work; ``override`` (the settings'
+    ``num_threads``, ``TUNELOOP_NUM_THREADS``) replaces the share."""
     threads = override or max(1, available_cores() // max(1, processes_per_machine))
     torch.set_num_threads(threads)
 

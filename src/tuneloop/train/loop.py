@@ -1,4 +1,4 @@
-"""``train(config)``: the supervised fine-tuning loop. Setup lives in the ``_setup_*`` helpers; the
+"""``train(config, settings=...)``: the supervised fine-tuning loop. Setup lives in the ``_setup_*`` helpers; the
 step (``_train_step``) and the loop (``_run_loop``) each fit on one screen."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,11 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from tuneloop.config import Settings, get_settings
+from tuneloop.data.examples import load_examples, render_examples
+from tuneloop.data.render import ChatRenderer
 from tuneloop.errors import TuneloopError
+from tuneloop.fileio import atomic_path, write_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train.batching import (
     Sample,
@@ -35,6 +38,9 @@ from tuneloop.train.loss import step_loss_scale
 from tuneloop.train.metrics import CheckpointInfo, MetricsCSV, StepMetrics, TrainCallbacks, safe_ratio
 from tuneloop.train.modeling import build_model, load_weights, save_weights, trainable_parameters
 from tuneloop.train.packed import PackedCausalLM
+
+#: The run's resolved configuration (every "auto" with the rule that chose it), beside its outputs.
+RESOLVED_CONFIG = "resolved_config.json"
 
 
 class TrainResult(BaseModel):
@@ -101,20 +107,26 @@ def train(
     config: TrainConfig,
     callbacks: TrainCallbacks | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.training_file``; resume, checkpoint and report as configured.
 
+    ``settings`` gives the model catalog, the device when ``config.device`` is None, and the CPU
+    threads; the entry points (``tuneloop train``, the job runner, ``python -m tuneloop.train``) pass
+    theirs, and None reads them from the environment once, here (for scripts and benchmarks).
     ``should_stop`` is polled between steps: when it returns True a checkpoint is written and the
     result comes back with ``stopped=True`` (resume it with ``resume_from="latest"``).
     Runs unchanged under ``torchrun`` (one process per device; only rank 0 writes files).
     """
-    from tuneloop.config import get_settings
-
-    device = config.device or get_settings().resolved_device()
-    ctx = init_distributed(device)
+    settings = settings or get_settings()
+    callbacks = callbacks or TrainCallbacks()
+    ctx = init_distributed(config.device or settings.resolved_device(), settings.num_threads)
     try:
-        run = _setup(config, ctx)
-        return _run_loop(run, callbacks or TrainCallbacks(), should_stop or (lambda: False))
+        run = _setup(config, ctx, settings)
+        if callbacks.on_start and ctx.is_main:
+            callbacks.on_start(run.hp)
+        return _run_loop(run, callbacks, should_stop or (lambda: False))
     finally:
         shutdown(ctx)
 
@@ -202,10 +214,10 @@ def _evaluate(run: _Run, indices) -> tuple[float, float]:
 
 
 # -- setup ------------------------------------------------------------------------------------------
-def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
-    model, tokenizer, entry = build_model(config, ctx.device)
+def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
+    model, tokenizer, entry = build_model(config, settings, ctx.device)
     if ctx.device.type == "cpu":
-        configure_cpu_threads(ctx.local_world_size)  # load_model claimed every core
+        configure_cpu_threads(ctx.local_world_size, settings.num_threads)  # load_model claimed every core
     resume = _resume_folder(config)
     train_file, hp, train_samples, valid_samples = _setup_data(config, tokenizer, entry.context_length)
     per_epoch = steps_per_epoch(len(train_samples), hp.batch_size)
@@ -244,7 +256,7 @@ def _setup(config: TrainConfig, ctx: DistContext) -> _Run:
         _restore(run, resume)
     if ctx.is_main:
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        (config.output_dir / "resolved_config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        write_atomic(config.output_dir / RESOLVED_CONFIG, json.dumps(meta, indent=2))
         run.csv.start(keep_until_step=run.step)
     ctx.barrier()
     return run
@@ -254,9 +266,6 @@ def _setup_data(
     config: TrainConfig, tokenizer, context_length: int
 ) -> tuple[int, ResolvedHyperparameters, list[Sample], list[Sample]]:
     """Render both files with the shared renderer; resolve "auto" from the training file's size."""
-    from tuneloop.data.examples import load_examples, render_examples
-    from tuneloop.data.render import ChatRenderer
-
     renderer = ChatRenderer(tokenizer)
     _, examples = load_examples(config.training_file)
     hp = resolve_hyperparameters(config, len(examples), context_length)
@@ -298,16 +307,16 @@ def _resume_folder(config: TrainConfig) -> Path | None:
 def _restore(run: _Run, folder: Path) -> None:
     """Continue from a checkpoint: weights, optimizer, scheduler, step, data order, RNG."""
     state = ckpt.read_trainer_state(folder)
-    saved = ckpt.read_meta(folder)["resolved"]
+    saved = ckpt.read_meta(folder)[ckpt.RESOLVED_KEY]
     same_numbers = saved["hyperparameters"] == run.hp.model_dump() and saved["total_steps"] == run.total_steps
-    if not same_numbers or state["n_trained_examples"] != len(run.train):
+    if not same_numbers or state[ckpt.N_TRAINED_EXAMPLES_KEY] != len(run.train):
         raise TuneloopError(f"{folder}: checkpoint of a different run (other data or hyperparameters)")
     load_weights(run.model, folder, run.config.method)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.step, run.elapsed = state["step"], state["elapsed"]
-    run.orders = {state["epoch"]: state["epoch_order"]}
-    ckpt.set_rng_state(state["rng"])
+    run.optimizer.load_state_dict(state[ckpt.OPTIMIZER_KEY])
+    run.scheduler.load_state_dict(state[ckpt.SCHEDULER_KEY])
+    run.step, run.elapsed = state[ckpt.STEP_KEY], state[ckpt.ELAPSED_KEY]
+    run.orders = {state[ckpt.EPOCH_KEY]: state[ckpt.EPOCH_ORDER_KEY]}
+    ckpt.set_rng_state(state[ckpt.RNG_KEY])
     run.checkpoints = ckpt.list_checkpoints(folder.parent)
 
 
@@ -315,17 +324,22 @@ def _restore(run: _Run, folder: Path) -> None:
 def _checkpoint(run: _Run, epoch: int, metrics: StepMetrics, callbacks: TrainCallbacks) -> None:
     if run.ctx.is_main:
         state = {
-            "step": run.step,
-            "epoch": epoch,
-            "elapsed": run.elapsed,
-            "total_steps": run.total_steps,
-            "n_trained_examples": len(run.train),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "epoch_order": run.order(epoch),
-            "rng": ckpt.rng_state(),
+            ckpt.STEP_KEY: run.step,
+            ckpt.EPOCH_KEY: epoch,
+            ckpt.ELAPSED_KEY: run.elapsed,
+            ckpt.TOTAL_STEPS_KEY: run.total_steps,
+            ckpt.N_TRAINED_EXAMPLES_KEY: len(run.train),
+            ckpt.OPTIMIZER_KEY: run.optimizer.state_dict(),
+            ckpt.SCHEDULER_KEY: run.scheduler.state_dict(),
+            ckpt.EPOCH_ORDER_KEY: run.order(epoch),
+            ckpt.RNG_KEY: ckpt.rng_state(),
         }
-        meta = {"step": run.step, "epoch": epoch, "metrics": metrics.model_dump(), "resolved": run.meta}
+        meta = {
+            ckpt.STEP_KEY: run.step,
+            ckpt.EPOCH_KEY: epoch,
+            ckpt.METRICS_KEY: metrics.model_dump(),
+            ckpt.RESOLVED_KEY: run.meta,
+        }
         root = run.config.output_dir / "checkpoints"
         path = ckpt.write_checkpoint(
             root,
@@ -352,11 +366,9 @@ def _finish(run: _Run, metrics: StepMetrics | None) -> TrainResult:
     """Write the final adapter/model folder (atomically) and return the result."""
     out = run.config.output_dir / ("adapter" if run.config.method == "lora" else "model")
     if run.ctx.is_main:
-        tmp = out.with_name(f".tmp-{out.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_weights(run.model, run.tokenizer, tmp, run.config.method)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        ckpt.clear_leftovers(out)
+        with atomic_path(out, directory=True) as tmp:
+            save_weights(run.model, run.tokenizer, tmp, run.config.method)
     run.ctx.barrier()
     return _result(run, metrics, stopped=False, weights=out)
 
@@ -373,7 +385,7 @@ def _result(run: _Run, metrics: StepMetrics | None, stopped: bool, weights: Path
         trained_tokens=_tokens_done(run, run.step),
         final_metrics=metrics,
         metrics_csv=run.csv.path,
-        resolved_config=out / "resolved_config.json",
+        resolved_config=out / RESOLVED_CONFIG,
         checkpoints=run.checkpoints,
         stopped=stopped,
     )

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from tuneloop.train.config import ResolvedHyperparameters
+
 #: OpenAI's result-file columns, then ours.
 CSV_COLUMNS = [
     "step",
@@ -65,8 +67,12 @@ class CheckpointInfo(BaseModel):
 
 @dataclass
 class TrainCallbacks:
-    """Hooks the caller (the job worker, the CLI's progress bar) passes to ``train``."""
+    """Hooks the caller (the job worker, the CLI's progress bar) passes to ``train`` (called on rank 0 only).
 
+    ``on_start`` gets the resolved hyperparameters once the data is loaded, before the first step.
+    """
+
+    on_start: Callable[[ResolvedHyperparameters], None] | None = None
     on_step: Callable[[StepMetrics], None] | None = None
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None
     on_epoch_end: Callable[[int, StepMetrics], None] | None = None

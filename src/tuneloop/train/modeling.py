@@ -9,24 +9,24 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from tuneloop.config import Settings
 from tuneloop.errors import TuneloopError
+from tuneloop.models import Catalog, ModelEntry, load_model
 from tuneloop.train.config import TrainConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from tuneloop.models import ModelEntry
 
-
-def build_model(config: TrainConfig, device: torch.device) -> tuple[nn.Module, PreTrainedTokenizerBase, ModelEntry]:
-    """Load the base model in float32 and make it trainable: LoRA adapters, or every weight for ``full``."""
-    from tuneloop.config import get_settings
-    from tuneloop.models import Catalog, load_model
-
-    model, tokenizer, entry = load_model(Catalog(get_settings()), config.model, device="cpu")
+def build_model(
+    config: TrainConfig, settings: Settings, device: torch.device
+) -> tuple[nn.Module, PreTrainedTokenizerBase, ModelEntry]:
+    """Load the base model (from ``settings``' catalog) in float32 and make it trainable: LoRA adapters,
+    or every weight for ``full``."""
+    model, tokenizer, entry = load_model(Catalog(settings), config.model, device="cpu")
     torch.manual_seed(config.seed)  # adapter initialisation
     if config.method == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # peft is heavy: loaded only for LoRA runs
 
         lora = LoraConfig(
             r=config.lora_r,
@@ -64,7 +64,7 @@ def load_weights(model: nn.Module, folder: Path, method: str) -> None:
     from safetensors.torch import load_file
 
     if method == "lora":
-        from peft import set_peft_model_state_dict
+        from peft import set_peft_model_state_dict  # peft is heavy: loaded only for LoRA runs
 
         file = folder / "adapter_model.safetensors"
         if not file.is_file():

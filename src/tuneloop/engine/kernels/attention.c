@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tuneloop.h"
+
 #include "half.h"
 
 #include "exp.h"

@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tuneloop.h"
+
 #include "half.h"
 
 #define ROWS 4   /* rows per block */

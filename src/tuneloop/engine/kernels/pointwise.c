@@ -10,6 +10,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "tuneloop.h"
+
 #include "exp.h"
 
 void tl_add_rmsnorm(float *x, const float *delta, const float *weight, float eps, float *out, int64_t M,

@@ -17,6 +17,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "tuneloop.h"
+
 #define GROUP 32
 
 #if defined(__AVX512F__)

@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tuneloop.h"
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define GROUP 32
 #define LANES 16

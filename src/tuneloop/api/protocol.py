@@ -1,0 +1,341 @@
+"""OpenAI's wire shapes as typed models: the chat and completions requests (one sampling base, one
+validation), their responses and stream chunks, and the model and file objects.
+
+The JSON each model writes is the contract: fields in this order, ``null`` where OpenAI sends null,
+and the few keys OpenAI omits (a delta's unset ``role``/``content``, a completion's cache details)
+left out. Stream chunks are built and serialised once per token, so they are plain models without
+validators, and :func:`sse` frames any model as one server-sent event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloop.api.errors import APIError
+from tuneloop.engine.engine import TokenEvent
+from tuneloop.engine.sampling import SamplingParams
+
+ROLES = ("system", "developer", "user", "assistant")
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def _omit_none(value: object) -> bool:
+    return value is None
+
+
+def sse(event: BaseModel) -> str:
+    """One server-sent event carrying ``event`` as JSON."""
+    return f"data: {event.model_dump_json()}\n\n"
+
+
+def sse_error(exc: APIError) -> str:
+    """The event that ends a stream on failure: the error envelope, as a non-streamed reply has it."""
+    return sse(exc.envelope())
+
+
+# --- requests ---------------------------------------------------------------------------------------
+
+
+class SamplingRequest(BaseModel):
+    """What chat and completions requests share; any field not declared is answered with a 400."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    stream: bool = False
+    user: str | None = None
+
+    def logprob_settings(self) -> tuple[bool, int]:
+        """(whether to compute log-probabilities, how many alternatives per token)."""
+        return False, 0
+
+    def json_object(self) -> bool:
+        return False
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        """The engine's decoding settings; a 400 for a ``stop`` beyond 4 non-empty strings."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise APIError(400, "'stop' takes up to 4 non-empty strings.", param="stop")
+        logprobs, top_logprobs = self.logprob_settings()
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=stop,
+            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+            logprobs=logprobs, top_logprobs=top_logprobs, json_object=self.json_object(),
+        )  # fmt: skip
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object"]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(SamplingRequest):
+    """The supported part of the Chat Completions request."""
+
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    stream_options: StreamOptions | None = None
+
+    def logprob_settings(self) -> tuple[bool, int]:
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+        return self.logprobs, self.top_logprobs or 0
+
+    def json_object(self) -> bool:
+        return self.response_format is not None and self.response_format.type == "json_object"
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def rendered_messages(self) -> list[dict]:
+        """The messages as the chat template takes them; a 400 for unknown roles or non-text parts."""
+        if not self.messages:
+            raise APIError(400, "'messages' must contain at least one message.", param="messages")
+        out = []
+        for i, m in enumerate(self.messages):
+            if m.role not in ROLES:
+                raise APIError(
+                    400, f"Invalid value for 'messages[{i}].role': '{m.role}'. Supported roles: {', '.join(ROLES)}.",
+                    param=f"messages[{i}].role", code="invalid_value",
+                )  # fmt: skip
+            if isinstance(m.content, list) and any(p.get("type") != "text" for p in m.content):
+                raise APIError(
+                    400, f"messages[{i}]: only text content parts are supported.", param=f"messages[{i}].content"
+                )
+            out.append({"role": "system" if m.role == "developer" else m.role, "content": m.content or ""})
+        return out
+
+
+class CompletionRequest(SamplingRequest):
+    """The supported part of the legacy Completions request."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    def logprob_settings(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
+
+    def prompts(self) -> list[str]:
+        """The prompts; a 400 for an empty one, or several when streaming."""
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not prompts or any(not p for p in prompts):
+            raise APIError(400, "'prompt' must be a non-empty string or list of strings.", param="prompt")
+        if self.stream and len(prompts) > 1:
+            raise APIError(400, "Streaming supports a single prompt.", param="prompt")
+        return prompts
+
+
+# --- shared response parts -------------------------------------------------------------------------
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class Usage(BaseModel):
+    """OpenAI's ``usage``; ``cached_tokens`` counts prompt tokens the prefix cache served (chat only)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = Field(default=None, exclude_if=_omit_none)
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+        details = PromptTokensDetails(cached_tokens=cached_tokens) if cached_tokens is not None else None
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=details,
+        )
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
+def top_logprob(tokenizer, token: int, logprob: float) -> TopLogprob:
+    text = tokenizer.decode([token])
+    return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+
+def token_logprob(tokenizer, event: TokenEvent) -> TokenLogprob | None:
+    """OpenAI's chat logprobs entry for one generated token (None when none was computed)."""
+    c = event.choice
+    if c is None or c.logprob is None:
+        return None
+    text = tokenizer.decode([c.token])
+    return TokenLogprob(
+        token=text, logprob=c.logprob, bytes=list(text.encode("utf-8")),
+        top_logprobs=[top_logprob(tokenizer, t, lp) for t, lp in (c.top or [])],
+    )  # fmt: skip
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: str | None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    created: int
+    model: str
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
+    content: str | None = Field(default=None, exclude_if=_omit_none)
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    created: int
+    model: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    system_fingerprint: None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+# --- completions -----------------------------------------------------------------------------------
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    top_logprobs: list[dict[str, float]] = []
+    text_offset: list[int] = []
+
+    def add(self, tokenizer, event: TokenEvent, offset: int) -> None:
+        """Record the token of ``event`` (if it has a log-probability) at ``offset`` in the text."""
+        c = event.choice
+        if c is None or c.logprob is None:
+            return
+        self.tokens.append(tokenizer.decode([c.token]))
+        self.token_logprobs.append(c.logprob)
+        self.top_logprobs.append({tokenizer.decode([t]): v for t, v in c.top or []})
+        self.text_offset.append(offset)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    created: int
+    model: str
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    created: int
+    model: str
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+
+
+# --- models and files ------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: None = None
+    expires_at: None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True

@@ -1,0 +1,65 @@
+"""``JobSpec``: stored in the job's columns, read back whole, and turned into the run's ``TrainConfig``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tuneloop.config import get_settings
+from tuneloop.jobs.spec import JobSpec
+from tuneloop.store.db import make_engine
+from tuneloop.store.files import FileStore
+from tuneloop.store.jobs import JobStore
+from tuneloop.train.hyperparameters import BOUNDS, HyperparameterError, Hyperparameters, check_hyperparameter
+
+
+def test_a_spec_survives_the_store_and_becomes_the_train_config(tmp_path: Path) -> None:
+    settings = get_settings()
+    engine = make_engine(settings)
+    files, jobs = FileStore(engine, settings.home), JobStore(engine)
+    training = files.create_bytes("train.jsonl", "fine-tune", b"{}\n")
+    spec = JobSpec(
+        model="tiny-llama",
+        training_file=training.id,
+        method="full",
+        hyperparameters=Hyperparameters(n_epochs=3, learning_rate_multiplier=0.5),
+        suffix="demo",
+        seed=7,
+        metadata={"team": "a"},
+    )
+    job = jobs.create(**spec.columns())
+    assert JobSpec.of(job) == spec
+    assert job.hyperparameters == {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 0.5}
+
+    config = JobSpec.of(job).train_config(settings, files, tmp_path / "out", resume=True)
+    assert (config.model, config.method, config.seed, config.resume_from) == ("tiny-llama", "full", 7, "latest")
+    assert (config.n_epochs, config.batch_size, config.learning_rate_multiplier) == (3, "auto", 0.5)
+    assert config.training_file == files.path(training) and config.validation_file is None
+    assert config.output_dir == tmp_path / "out" and config.device is None  # TUNELOOP_DEVICE=auto
+    engine.dispose()
+
+
+def test_a_job_stored_with_no_hyperparameters_is_all_auto() -> None:
+    engine = make_engine(get_settings())
+    job = JobStore(engine).create(
+        model="m", training_file="file-x", validation_file=None, hyperparameters={}, method="lora",
+        suffix=None, seed=1, metadata=None,
+    )  # fmt: skip
+    assert JobSpec.of(job).hyperparameters == Hyperparameters()
+    engine.dispose()
+
+
+def test_one_check_for_every_hyperparameter() -> None:
+    assert check_hyperparameter("n_epochs", "3") == 3 and check_hyperparameter("n_epochs", 3.0) == 3
+    assert check_hyperparameter("learning_rate_multiplier", 2) == 2.0
+    for name, bad in [("n_epochs", 2.5), ("n_epochs", True), ("batch_size", None), ("learning_rate_multiplier", 101)]:
+        with pytest.raises(HyperparameterError) as err:
+            check_hyperparameter(name, bad)
+        assert err.value.name == name and str(err.value).startswith(f"Invalid value for '{name}': must be 'auto' or")
+    with pytest.raises(HyperparameterError, match="'batch_size'"):
+        Hyperparameters.checked({"n_epochs": 50, "batch_size": 0})
+    with pytest.raises(ValidationError):
+        JobSpec(model="m", training_file="f", seed=1, suffix="")
+    assert set(BOUNDS) == set(Hyperparameters.model_fields)
