@@ -67,14 +67,11 @@ def not_found(kind: str, ident: str, param: str | None = None, code: str | None 
     return APIError(404, f"No {kind} found with id '{ident}'.", param=param, code=code)
 
 
-def model_not_found(model: str) -> APIError:
-    """The 404 for a model id that names no base, fine-tuned or checkpoint model."""
-    return APIError(
-        404,
-        f"The model `{model}` does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
+def model_not_found(model: str, detail: str | None = None) -> APIError:
+    """The 404 for a model id that names no base, fine-tuned or checkpoint model; ``detail`` replaces
+    OpenAI's wording where the caller can say more (fine-tuning jobs list the base models available)."""
+    message = detail or f"The model `{model}` does not exist or you do not have access to it."
+    return APIError(404, message, param="model", code="model_not_found")
 
 
 def generation_failed(error: str | None) -> APIError:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from tuneloop.api.errors import APIError, not_found
+from tuneloop.api.errors import APIError, model_not_found, not_found
 from tuneloop.api.state import AppState, get_state
 from tuneloop.errors import ModelNotFoundError
 from tuneloop.jobs.spec import JobSpec, Metadata, Seed, Suffix, TrainingMethod
@@ -101,8 +101,8 @@ def create_job(state: State, body: CreateJobRequest) -> dict:
     spec = body.spec()  # first, as the request's other values are checked before anything else
     try:
         state.catalog.get(body.model)
-    except ModelNotFoundError as exc:  # its own message, not model_not_found(): "unknown model 'X'; available: ..."
-        raise APIError(404, str(exc), param="model", code="model_not_found") from exc
+    except ModelNotFoundError as exc:  # the catalog's message lists the base models one can fine-tune
+        raise model_not_found(body.model, str(exc)) from exc
     if body.method is not None and body.method.type != "supervised":
         raise APIError(400, f"method '{body.method.type}' is not supported yet; use 'supervised'", param="method")
     if body.integrations:
