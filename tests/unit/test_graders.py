@@ -126,7 +126,11 @@ def test_classification_strict_accuracy_counts_only_bare_labels():
         (["positive review", "negative review", "positive review"], False),  # a once-seen label with a space
         (["positive review", "negative review", "positive review", "negative review"], True),
         (["Paris", "Berlin", "Rome"], False),  # nothing repeats
-        ([f"label{i}" for i in range(21)] * 2, False),  # too many labels
+        ([f"label{i}" for i in range(21)] + ["label0"], False),  # over 20 labels, under 2 examples each
+        ([f"label{i}" for i in range(21)] * 2, True),  # over 20 labels, 2 examples each
+        ([f"intent_{i}" for i in range(150)] * 4, True),  # CLINC150: 150 intents in 600 examples
+        ([f"intent_{i}" for i in range(150)] * 3 + ["x y"], False),  # a once-seen label with a space
+        (["the answer is " + "x" * 60] * 4, False),  # too long for a label
         (["yes", "yes", "a\nb", "a\nb"], False),
     ],
 )
@@ -203,6 +207,10 @@ def test_auto_selection():
     assert detect_task(['{"a": 1}', '{"b": "x"}']) == "json"
     assert detect_task(["yes", "no", "yes"]) == "classification"
     assert detect_task(["The capital of France is Paris.", "Berlin is in Germany."]) == "text"
+    # six held-out examples of six intents: labels once the training answers count too
+    assert detect_task(["on", "off", "up"]) == "text"
+    assert detect_task(["on", "off", "up"], ["on", "off", "up", "down"]) == "classification"
+    assert detect_task(['{"a": 1}', '{"a": 1}'], ["x", "x"]) == "json"
     assert [g.name for g in select_graders(["yes", "no", "no"])] == ["classification"]
     assert select_graders(["yes", "no", "no"])[0].labels == ["no", "yes"]
     assert [g.name for g in select_graders(['{"a": 1}'])] == ["json"]

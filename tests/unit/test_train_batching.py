@@ -96,3 +96,19 @@ def test_pack_lays_out_prefix_and_examples(share: bool) -> None:
     row = batch.suffix_attention[1, 0, 0]
     assert row[:p].all() and row[p] and not row[p + 1 :].any()
     assert batch.suffix_attention.dtype == torch.bool
+
+
+def test_pack_records_which_example_each_label_belongs_to() -> None:
+    a = sample([1, 2, 3, 4, 5], trained_from=3)
+    b = sample([1, 2, 6, 7], trained_from=3)
+    batch = pack([a, b])
+    assert batch.label_example.tolist() == [0] * a.n_labels + [1] * b.n_labels
+
+
+def test_exact_answers_counts_examples_with_every_label_right() -> None:
+    from tuneloop.train.loss import exact_answers
+
+    hits = torch.tensor([True, True, False, True, True, True])
+    owner = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert exact_answers(hits, owner, 3).item() == 2  # example 1 missed one token
+    assert exact_answers(torch.ones(2, dtype=torch.bool), torch.tensor([0, 0]), 1).item() == 1

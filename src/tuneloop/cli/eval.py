@@ -106,6 +106,11 @@ def eval_command(
     judge_model: str | None = typer.Option(None, "--judge-model", help="Model for the pairwise judge."),
     judge_base_url: str | None = typer.Option(None, "--judge-base-url", help="Judge endpoint (default: --base-url)."),
     baseline: str | None = typer.Option(None, "--baseline", help="Candidate name for ratios (default: few-shot base)."),
+    tfidf: bool = typer.Option(
+        True,
+        "--tfidf/--no-tfidf",
+        help="On a label set with --train, add the TF-IDF + logistic regression candidate (tuneloop[eval]).",
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Longest answer, in tokens."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight at once."),
@@ -123,7 +128,8 @@ def eval_command(
     """Evaluate base (zero-shot, few-shot) and fine-tuned models on held-out data through the API.
 
     Prints quality, tokens and latency per candidate with ratios against the few-shot baseline;
-    with --out also writes report.json and a self-contained report.html.
+    on a label set with --train also a local TF-IDF + logistic regression candidate and each
+    candidate's invalid and wrong label rates; with --out also writes report.json and report.html.
     """
     if grader not in GRADERS:
         raise _BadOption(f"unknown grader '{grader}'; choose one of: {', '.join(GRADERS)}")
@@ -174,6 +180,7 @@ def eval_command(
         fewshot_budget=fewshot_budget,
         seed=seed,
         baseline=baseline,
+        classical_baseline=tfidf,
         progress=progress,
     )
     report = build_report(run_eval(config), disagreements=examples)

@@ -5,7 +5,7 @@ Names follow OpenAI Evals where one exists (``string_check``, ``text_similarity`
 returns a :class:`GradeResult`: corpus metrics, one score in [0, 1] per example (the grader's
 primary measure, used to find examples where candidates disagree) and optional details.
 
-``select_graders`` picks graders from the references alone: a small label set → classification;
+``select_graders`` picks graders from the references (and training answers): a label set → classification;
 JSON objects → JSON validity and key/value F1; anything else → text similarity plus normalised
 exact match. The pairwise judge compares two candidates and lives apart (:class:`PairwiseJudge`).
 """
@@ -30,8 +30,10 @@ GRADER_NAMES: tuple[str, ...] = ("auto", "string_check", "exact", "classificatio
 StringOperation = Literal["eq", "ne", "like", "ilike"]
 SimilarityMetric = Literal["bleu", "rouge_l", "fuzzy_match"]
 
-#: Auto-selection: at most this many distinct references make a label set.
+#: Auto-selection: up to this many distinct references make a label set at any size.
 MAX_LABELS = 20
+#: More distinct references than ``MAX_LABELS`` make a label set only with this many examples per label on average.
+MIN_EXAMPLES_PER_LABEL = 2
 #: A label seen once must be at most this long, without whitespace, to count as a label.
 MAX_SINGLETON_LABEL_CHARS = 32
 #: No label is longer than this.
@@ -158,13 +160,15 @@ class ExactMatchGrader:
 def is_label_set(references: Sequence[str]) -> bool:
     """Whether the references look like labels of a classification task.
 
-    True when there are at most ``MAX_LABELS`` distinct references, some reference repeats, none
-    spans lines or exceeds ``MAX_LABEL_CHARS``, and each is either seen at least twice or short
-    (``MAX_SINGLETON_LABEL_CHARS``) without whitespace.
+    True when some reference repeats; there are at most ``MAX_LABELS`` distinct references, or at
+    least ``MIN_EXAMPLES_PER_LABEL`` references per distinct one (150 intents in 600 examples);
+    none is empty, spans lines or exceeds ``MAX_LABEL_CHARS``; and each is either seen at least
+    twice or short (``MAX_SINGLETON_LABEL_CHARS``) without whitespace.
     """
     refs = [r.strip() for r in references]
     counts = Counter(refs)
-    if not refs or len(counts) > MAX_LABELS or len(counts) == len(refs):
+    few = len(counts) <= MAX_LABELS or len(refs) >= MIN_EXAMPLES_PER_LABEL * len(counts)
+    if not refs or not few or len(counts) == len(refs):
         return False
     for label, count in counts.items():
         if not label or "\n" in label or len(label) > MAX_LABEL_CHARS:
@@ -441,23 +445,34 @@ class TextSimilarityGrader:
 # --------------------------------------------------------------------------- selection
 
 
-def detect_task(references: Sequence[str]) -> Literal["json", "classification", "text"]:
-    """The kind of task the references imply: ``json``, ``classification`` or ``text``."""
+def detect_task(
+    references: Sequence[str], train_answers: Sequence[str] = ()
+) -> Literal["json", "classification", "text"]:
+    """The kind of task the references imply: ``json``, ``classification`` or ``text``.
+
+    A training file's answers, when given, count with the references towards a label set
+    (:func:`is_label_set`), so six held-out examples of six intents still read as labels.
+    """
     if references and all(parse_json_object(r) is not None for r in references):
         return "json"
-    if is_label_set(references):
+    if is_label_set([*references, *train_answers]):
         return "classification"
     return "text"
 
 
-def select_graders(references: Sequence[str], grader: str = "auto", operation: StringOperation = "eq") -> list[Grader]:
+def select_graders(
+    references: Sequence[str],
+    grader: str = "auto",
+    operation: StringOperation = "eq",
+    train_answers: Sequence[str] = (),
+) -> list[Grader]:
     """The graders for a run; the first one's per-example scores are the run's primary scores.
 
-    ``auto`` chooses from the references (:func:`detect_task`). ``judge`` needs no reference
-    grader and returns an empty list (the pairwise judge is run separately).
+    ``auto`` chooses from the references and training answers (:func:`detect_task`). ``judge``
+    needs no reference grader and returns an empty list (the pairwise judge is run separately).
     """
     if grader == "auto":
-        task = detect_task(references)
+        task = detect_task(references, train_answers)
         if task == "json":
             return [JsonGrader()]
         if task == "classification":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.evals.graders import judge_summary, normalize_text
+from tuneloop.evals.labels import label_rates
 
 if TYPE_CHECKING:
     from tuneloop.evals.runner import CandidateRun, EvalRun
@@ -32,6 +33,10 @@ LABELS = {
     "mean_latency_s": "latency (s)",
     "tokens_per_second": "tokens/s",
 }
+#: Column headings of metrics whose keys are long.
+METRIC_LABELS = {"invalid_label_rate": "invalid", "wrong_label_rate": "wrong"}
+#: Quality metrics where lower is better.
+LOWER_IS_BETTER = ("no_label_rate", "invalid_label_rate", "wrong_label_rate")
 DEFAULT_DISAGREEMENTS = 5
 
 
@@ -76,6 +81,10 @@ class EvalReport:
     items: list[dict[str, Any]]
     config: dict[str, Any]
     elapsed_s: float
+    #: The known labels on a label set (held-out references and training answers), else None.
+    labels: list[str] | None = None
+    #: Notes for the reader (e.g. why the TF-IDF baseline is missing).
+    notes: list[str] = field(default_factory=list)
 
     def candidate(self, name: str) -> CandidateSummary:
         """The summary of the candidate called ``name``."""
@@ -122,6 +131,8 @@ def _summarise(run: CandidateRun, primary_metric: str, default_base_url: str) ->
     for grade in run.grades:
         metrics.update(grade.metrics)
         details.update({k: v for k, v in grade.details.items() if k != "predictions"})
+    if run.label_outcomes is not None:
+        metrics.update(label_rates(run.label_outcomes))
     judge = None
     if run.verdicts is not None:
         judge_metrics, _ = judge_summary(run.verdicts)
@@ -195,6 +206,7 @@ def build_report(run: EvalRun, disagreements: int = DEFAULT_DISAGREEMENTS) -> Ev
                 "completion_tokens": res.completion_tokens,
                 "shots": res.shots,
                 "error": res.error,
+                "label": r.label_outcomes[item.index] if r.label_outcomes is not None else None,
             }
         question = _last_user(item.prompt)
         items.append(
@@ -224,6 +236,8 @@ def build_report(run: EvalRun, disagreements: int = DEFAULT_DISAGREEMENTS) -> Ev
         items=items,
         config=settings,
         elapsed_s=run.elapsed_s,
+        labels=run.labels,
+        notes=list(run.notes),
     )
 
 
@@ -284,6 +298,13 @@ def fmt(value: float | None) -> str:
     if abs(value) >= 10:
         return f"{value:.1f}".removesuffix(".0")
     return f"{value:.3g}"
+
+
+def quality_metrics(report: EvalReport) -> list[str]:
+    """The quality columns: the primary metric first; ``no_label_rate`` only where no invalid-label rate."""
+    keys = list(dict.fromkeys(k for s in report.candidates for k in s.metrics))
+    hide = {report.primary_metric} | ({"no_label_rate"} if "invalid_label_rate" in keys else set())
+    return [report.primary_metric] + [k for k in keys if k not in hide]
 
 
 def shots_label(s: CandidateSummary) -> str:

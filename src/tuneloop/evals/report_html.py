@@ -14,7 +14,18 @@ from typing import Any
 
 import jinja2
 
-from tuneloop.evals.report import COST_SPEED, LABELS, CandidateSummary, EvalReport, clip, fmt, shots_label
+from tuneloop.evals.report import (
+    COST_SPEED,
+    LABELS,
+    LOWER_IS_BETTER,
+    METRIC_LABELS,
+    CandidateSummary,
+    EvalReport,
+    clip,
+    fmt,
+    quality_metrics,
+    shots_label,
+)
 
 PALETTE = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e")
 
@@ -141,7 +152,7 @@ def _summary_rows(report: EvalReport, quality: list[str]) -> list[dict[str, Any]
         cells = []
         for k in quality:
             r = s.ratios.get(k) if k == report.primary_metric and not is_base else None
-            cells.append(_cell(s.metrics.get(k), r, k != "no_label_rate"))
+            cells.append(_cell(s.metrics.get(k), r, k not in LOWER_IS_BETTER))
         for k in COST_SPEED:
             cells.append(_cell(getattr(s, k), None if is_base else s.ratios.get(k), k == "tokens_per_second"))
         rows.append({"s": s, "is_base": is_base, "shots": shots_label(s), "cells": cells})
@@ -186,12 +197,18 @@ def render_html(report: EvalReport, loss_curves: list[dict[str, Any]] | None = N
         )
         for key, title in measures
     ]
-    quality = [report.primary_metric] + [k for k in report.candidates[0].metrics if k != report.primary_metric]
+    quality = quality_metrics(report)
     return _ENV.get_template("report.html.j2").render(
         report=report,
         name=Path(report.data).name,
         created=time.strftime("%Y-%m-%d %H:%M", time.localtime(report.created)),
-        head=["candidate", "shots", *quality, *(LABELS[k] for k in COST_SPEED), "errors"],
+        head=[
+            "candidate",
+            "shots",
+            *(METRIC_LABELS.get(k, k) for k in quality),
+            *(LABELS[k] for k in COST_SPEED),
+            "errors",
+        ],
         rows=_summary_rows(report, quality),
         charts=charts,
         judged=[s for s in report.candidates if s.judge and s.name != report.baseline],

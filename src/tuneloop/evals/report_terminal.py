@@ -7,7 +7,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tuneloop.evals.report import COST_SPEED, LABELS, EvalReport, clip, fmt, shots_label
+from tuneloop.evals.report import (
+    COST_SPEED,
+    LABELS,
+    METRIC_LABELS,
+    EvalReport,
+    clip,
+    fmt,
+    quality_metrics,
+    shots_label,
+)
 
 
 def _with_ratio(value: float | None, r: float | None, is_baseline: bool) -> str:
@@ -18,11 +27,9 @@ def _with_ratio(value: float | None, r: float | None, is_baseline: bool) -> str:
 
 
 def print_report(report: EvalReport, console: Console | None = None, examples: bool = True) -> None:
-    """The comparison table (ratios against the baseline in brackets), confusions and disagreements."""
+    """The comparison table (ratios against the baseline in brackets), confusions, disagreements and notes."""
     console = console or Console()
-    quality = [report.primary_metric] + [
-        k for k in report.candidates[0].metrics if k != report.primary_metric and k != "no_label_rate"
-    ]
+    quality = quality_metrics(report)
     table = Table(
         title=f"{report.data}: {report.n_examples} examples, graded by {', '.join(report.graders)}; "
         f"ratios (×) against [bold]{escape(report.baseline)}[/]",
@@ -32,7 +39,7 @@ def print_report(report: EvalReport, console: Console | None = None, examples: b
     table.add_column("candidate", overflow="fold")
     table.add_column("shots", justify="right")
     for k in quality:
-        table.add_column(k, justify="right")
+        table.add_column(METRIC_LABELS.get(k, k), justify="right")
     for k in COST_SPEED:
         table.add_column(LABELS[k], justify="right")
     table.add_column("errors", justify="right")
@@ -73,3 +80,5 @@ def print_report(report: EvalReport, console: Console | None = None, examples: b
                 cells.append(f"{mark} {clip(out['output'], 120)}")
             dis.add_row(*cells)
         console.print(dis, markup=False)
+    for note in report.notes:
+        console.print(note, markup=False, highlight=False)

@@ -6,6 +6,11 @@ greedy decoding; requests of all candidates are interleaved over a small thread 
 changes on the server affect all candidates alike. Latency is the wall time of each request as
 the client sees it (with ``concurrency`` > 1 it includes queueing on a server that answers one
 request at a time).
+
+On a label set (``tuneloop.evals.labels``) with a training file, the classical baseline
+(``tuneloop.evals.baseline``: TF-IDF + logistic regression) answers in-process as one more
+candidate, graded like the others; every candidate's answers are also sorted into correct, wrong
+label and invalid label.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tuneloop.data.examples import ChatExample, DataError, load_examples
 from tuneloop.data.render import content_text
 from tuneloop.errors import TuneloopError
+from tuneloop.evals import baseline as classical
 from tuneloop.evals.fewshot import DEFAULT_TOKEN_BUDGET, FewShotPrompter, estimate_tokens
 from tuneloop.evals.graders import (
     GradeResult,
@@ -29,6 +35,7 @@ from tuneloop.evals.graders import (
     Verdict,
     select_graders,
 )
+from tuneloop.evals.labels import Outcome, known_labels, label_outcomes
 
 if TYPE_CHECKING:
     import openai
@@ -112,6 +119,8 @@ class EvalConfig:
     max_retries: int = 1
     #: Candidate the ratios are taken against (default: the first few-shot candidate, else the first).
     baseline: str | None = None
+    #: On a label set with a training file, add the TF-IDF + logistic regression candidate (needs scikit-learn).
+    classical_baseline: bool = True
     progress: bool = True
 
 
@@ -147,6 +156,8 @@ class CandidateRun:
     results: list[ExampleResult]
     grades: list[GradeResult] = field(default_factory=list)
     verdicts: list[Verdict] | None = None
+    #: Per example correct / wrong / invalid, when the references are a label set.
+    label_outcomes: list[Outcome] | None = None
 
 
 @dataclass
@@ -160,6 +171,10 @@ class EvalRun:
     task: str
     started_at: float
     elapsed_s: float
+    #: The known labels (held-out references and training answers), None when they are not a label set.
+    labels: list[str] | None = None
+    #: Notes for the reader (a candidate left out, and why).
+    notes: list[str] = field(default_factory=list)
 
 
 def load_items(path: Path, limit: int | None = None) -> list[EvalItem]:
@@ -182,10 +197,10 @@ def load_items(path: Path, limit: int | None = None) -> list[EvalItem]:
 
 
 def load_training_conversations(path: Path) -> list[list[dict[str, Any]]]:
-    """The conversations of a chat training file (the few-shot pool)."""
+    """The conversations of a chat training file (the few-shot pool, the classical baseline's data)."""
     fmt, examples = load_examples(path)
     if fmt != "chat":
-        raise DataError(f"{path}: few-shot examples must be chat examples, not {fmt}")
+        raise DataError(f"{path}: the training file must hold chat examples, not {fmt}")
     return [e.messages for e in examples if isinstance(e, ChatExample)]
 
 
@@ -297,6 +312,28 @@ def _prompts(config: EvalConfig, candidate: Candidate, items: list[EvalItem], po
     return [prompter.build(item.prompt) for item in items]
 
 
+def classical_run(
+    config: EvalConfig, items: list[EvalItem], pool: list[list[dict[str, Any]]] | None, labels: list[str] | None
+) -> tuple[CandidateRun | None, str | None]:
+    """The TF-IDF + logistic regression candidate's answers, or a note on why there is none.
+
+    Only on a label set with a training file; without scikit-learn the note says how to get it.
+    """
+    if labels is None or pool is None or not config.classical_baseline:
+        return None, None
+    if not classical.available():
+        return None, classical.MISSING_NOTE
+    texts, answers = classical.training_pairs(pool)
+    if not texts:
+        return None, f"note: {config.train} has no (user, assistant) pairs to fit the TF-IDF baseline on"
+    questions = [classical.last_text(item.prompt, "user") or "" for item in items]
+    outputs, latencies, fit_s = classical.fit_predict(texts, answers, questions)
+    model = f"{classical.MODEL}, fit on {len(texts)} examples in {fit_s:.1f} s"
+    candidate = Candidate(classical.NAME, model, base_url="in-process")
+    results = [ExampleResult(i, o, t) for i, (o, t) in enumerate(zip(outputs, latencies, strict=True))]
+    return CandidateRun(candidate, results), None
+
+
 def run_eval(config: EvalConfig) -> EvalRun:
     """Ask every candidate every held-out question, grade the answers, judge pairwise if configured."""
     import openai
@@ -304,19 +341,19 @@ def run_eval(config: EvalConfig) -> EvalRun:
     if not config.candidates:
         raise TuneloopError("no candidates to evaluate")
     names = [c.name for c in config.candidates]
-    if len(set(names)) != len(names):
-        raise TuneloopError(f"candidate names must be unique: {names}")
+    if len(set(names)) != len(names) or classical.NAME in names:
+        raise TuneloopError(f"candidate names must be unique (and not '{classical.NAME}'): {names}")
     items = load_items(config.data, config.limit)
     references = [item.reference for item in items]
-    graders = select_graders(references, config.grader, config.string_check_operation)
+    pool = load_training_conversations(config.train) if config.train is not None else None
+    train_answers = classical.training_pairs(pool)[1] if pool else []
+    graders = select_graders(references, config.grader, config.string_check_operation, train_answers)
     if not graders and config.judge is None:
         raise TuneloopError("the judge grader needs a judge model")
     if config.judge is not None and len(config.candidates) < 2:
         raise TuneloopError("the judge compares candidates with the baseline: give at least two candidates")
     baseline = choose_baseline(config.candidates, config.baseline)
-    pool = None
-    if any(c.is_few_shot for c in config.candidates) and config.train is not None:
-        pool = load_training_conversations(config.train)
+    labels = known_labels(references, train_answers)
     prompts = {c.name: _prompts(config, c, items, pool) for c in config.candidates}
 
     clients = _Clients(config.timeout, config.max_retries)
@@ -342,17 +379,20 @@ def run_eval(config: EvalConfig) -> EvalRun:
         ]
         with _progress(len(tasks), "eval", config.progress) as bar:
             answers = _run_all(tasks, config.concurrency, bar)
-        runs = []
-        for j, candidate in enumerate(config.candidates):
-            results = answers[j :: len(config.candidates)]
-            outputs = [r.output for r in results]
-            runs.append(CandidateRun(candidate, results, [g.grade(outputs, references) for g in graders]))
+        runs = [CandidateRun(c, answers[j :: len(config.candidates)]) for j, c in enumerate(config.candidates)]
+        local, note = classical_run(config, items, pool, labels)
+        runs += [local] if local is not None else []
+        for run in runs:
+            outputs = [r.output for r in run.results]
+            run.grades = [g.grade(outputs, references) for g in graders]
+            run.label_outcomes = label_outcomes(outputs, references, labels) if labels is not None else None
         if config.judge is not None:
             _judge(config, config.judge, items, runs, baseline, clients)
     finally:
         clients.close()
     task = graders[0].name if graders else "judge"
-    return EvalRun(config, items, runs, baseline, task, started_at, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return EvalRun(config, items, runs, baseline, task, started_at, elapsed, labels, [note] if note else [])
 
 
 def _judge(

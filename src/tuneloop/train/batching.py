@@ -138,6 +138,7 @@ class PackedBatch:
     suffix_attention: torch.Tensor  # (examples, 1, longest suffix, P + longest suffix) bool, True = attend
     label_index: torch.Tensor  # (N,) positions in input_ids whose output is scored
     targets: torch.Tensor  # (N,) the tokens those positions must predict
+    label_example: torch.Tensor  # (N,) the example (0..n_examples-1) each label position belongs to
     n_examples: int
     n_tokens: int  # tokens billed for these examples
 
@@ -162,6 +163,7 @@ def pack(samples: Sequence[Sample], share_prefix: bool = True) -> PackedBatch:
     slots: list[int] = []
     label_index: list[int] = []
     targets: list[int] = []
+    label_example: list[int] = []
     attend = torch.zeros(len(samples), 1, longest, prefix + longest, dtype=torch.bool)
     causal = torch.ones(longest, longest, dtype=torch.bool).tril()
     for b, (sample, suffix) in enumerate(zip(samples, suffixes, strict=True)):
@@ -172,6 +174,7 @@ def pack(samples: Sequence[Sample], share_prefix: bool = True) -> PackedBatch:
         slots.extend(range(b * longest, b * longest + n))
         label_index.extend(start + t - prefix for t in sample.label_positions)
         targets.extend(sample.targets)
+        label_example.extend([b] * sample.n_labels)
         attend[b, 0, :n, :prefix] = True
         attend[b, 0, :n, prefix : prefix + n] = causal[:n, :n]
         attend[b, 0, n:, :] = True  # padding rows attend everywhere (their output is dropped; avoids NaN)
@@ -183,6 +186,7 @@ def pack(samples: Sequence[Sample], share_prefix: bool = True) -> PackedBatch:
         suffix_attention=attend,
         label_index=torch.tensor(label_index, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
+        label_example=torch.tensor(label_example, dtype=torch.long),
         n_examples=len(samples),
         n_tokens=sum(s.n_tokens for s in samples),
     )

@@ -155,12 +155,13 @@ def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bo
             tokens_per_second=tokens_here / max(time.perf_counter() - started, 1e-9),
             elapsed_seconds=run.elapsed,
         )
-        if run.valid and (step % _eval_every(run) == 0 or step == run.total_steps):
-            metrics.valid_loss, metrics.valid_mean_token_accuracy = _evaluate(run, _valid_window(run, step))
-        if run.valid and cfg.full_validation and step == run.total_steps:
-            metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = _evaluate(run, range(len(run.valid)))
-        _report_step(run, metrics, callbacks)
         epoch_end = index == run.steps_per_epoch - 1
+        if run.valid and (step % _eval_every(run) == 0 or step == run.total_steps):
+            metrics.valid_loss, metrics.valid_mean_token_accuracy, _ = _evaluate(run, _valid_window(run, step))
+        if run.valid and cfg.full_validation and (epoch_end or step == run.total_steps):
+            full = _evaluate(run, range(len(run.valid)))
+            metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy, metrics.full_valid_answer_accuracy = full
+        _report_step(run, metrics, callbacks)
         stop = step < run.total_steps and ctx.any(should_stop())
         if epoch_end or stop:
             _checkpoint(run, epoch, metrics, callbacks)
@@ -198,19 +199,20 @@ def _train_step(run: _Run, indices: list[int], step: int) -> tuple[float, float,
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, indices) -> tuple[float, float]:
-    """Mean loss and token accuracy over validation examples (shared out between processes)."""
+def _evaluate(run: _Run, indices) -> tuple[float, float, float]:
+    """Mean loss, token accuracy and answer accuracy over validation examples (shared out between processes)."""
     cfg, ctx, samples = run.config, run.ctx, run.valid
     mine = shard(list(indices), samples, ctx.rank, ctx.world_size)
-    loss_sum = correct = labels = 0.0
+    sums = [0.0] * 5  # loss, correct tokens, labels, exact answers, examples
     run.model.eval()
     for group in micro_batches(mine, samples, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.share_prefix):
         with run.autocast():
             out = run.packed(pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device))
-        loss_sum, correct, labels = loss_sum + out.loss.item(), correct + out.correct.item(), labels + out.labels
+        for k, value in enumerate((out.loss.item(), out.correct.item(), out.labels, out.exact.item(), out.examples)):
+            sums[k] += value
     run.model.train()
-    loss_sum, correct, labels = ctx.all_reduce_sum([loss_sum, correct, labels])
-    return safe_ratio(loss_sum, labels), safe_ratio(correct, labels)
+    loss, correct, labels, exact, examples = ctx.all_reduce_sum(sums)
+    return safe_ratio(loss, labels), safe_ratio(correct, labels), safe_ratio(exact, examples)
 
 
 # -- setup ------------------------------------------------------------------------------------------

@@ -13,11 +13,19 @@ from torch import nn
 
 
 def label_loss(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number of exact (argmax) predictions; ``hidden`` holds label positions only."""
+    """Summed cross-entropy and the exact (argmax) predictions, one bool per position; ``hidden`` holds
+    label positions only."""
     logits = lm_head(hidden).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
-    correct = (logits.detach().argmax(dim=-1) == targets).sum()
-    return loss, correct
+    return loss, logits.detach().argmax(dim=-1) == targets
+
+
+def exact_answers(hits: torch.Tensor, label_example: torch.Tensor, n_examples: int) -> torch.Tensor:
+    """Examples whose every trained token is predicted exactly: greedy decoding would reproduce the
+    whole answer (its end-of-turn token included), the teacher-forced twin of exact-match accuracy."""
+    misses = torch.zeros(n_examples, dtype=torch.long, device=hits.device)
+    misses.index_add_(0, label_example, (~hits).long())
+    return (misses == 0).sum()
 
 
 def step_loss_scale(step_labels: int, world_size: int) -> float:

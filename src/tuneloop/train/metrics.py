@@ -22,6 +22,7 @@ CSV_COLUMNS = [
     "train_mean_token_accuracy",
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
+    "full_valid_answer_accuracy",
     "epoch",
     "learning_rate",
     "trained_tokens",
@@ -40,9 +41,15 @@ class StepMetrics(BaseModel):
     train_mean_token_accuracy: float = Field(description="Fraction of the step's trained tokens predicted exactly.")
     valid_loss: float | None = Field(default=None, description="Mean loss on a validation batch.")
     valid_mean_token_accuracy: float | None = Field(default=None, description="Token accuracy on a validation batch.")
-    full_valid_loss: float | None = Field(default=None, description="Mean loss on the whole validation file (end).")
+    full_valid_loss: float | None = Field(
+        default=None, description="Mean loss on the whole validation file (end of each epoch)."
+    )
     full_valid_mean_token_accuracy: float | None = Field(
-        default=None, description="Token accuracy on the whole validation file (end)."
+        default=None, description="Token accuracy on the whole validation file (end of each epoch)."
+    )
+    full_valid_answer_accuracy: float | None = Field(
+        default=None,
+        description="Fraction of validation examples whose whole answer is predicted exactly (greedy exact match).",
     )
     learning_rate: float = Field(description="Learning rate used by this step.")
     trained_tokens: int = Field(description="Tokens processed so far (example tokens, OpenAI's meaning).")

@@ -17,7 +17,7 @@ from torch import nn
 
 from tuneloop.errors import TuneloopError
 from tuneloop.train.batching import PackedBatch
-from tuneloop.train.loss import label_loss
+from tuneloop.train.loss import exact_answers, label_loss
 
 
 class LossSums(NamedTuple):
@@ -26,6 +26,8 @@ class LossSums(NamedTuple):
     loss: torch.Tensor  # summed cross-entropy (differentiable)
     correct: torch.Tensor  # labels predicted exactly (argmax)
     labels: int  # label positions scored
+    exact: torch.Tensor  # examples whose every label is predicted exactly
+    examples: int  # examples scored
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +99,7 @@ class PackedCausalLM(nn.Module):
         return decoder.norm(h.index_select(0, batch.label_index))
 
     def forward(self, batch: PackedBatch) -> LossSums:
-        """Summed cross-entropy and correct predictions at the batch's label positions."""
-        loss, correct = label_loss(self.hidden_states(batch), self._lm_head, batch.targets)
-        return LossSums(loss, correct, int(batch.targets.numel()))
+        """Summed cross-entropy, correct predictions and exactly answered examples of the batch."""
+        loss, hits = label_loss(self.hidden_states(batch), self._lm_head, batch.targets)
+        exact = exact_answers(hits, batch.label_example, batch.n_examples)
+        return LossSums(loss, hits.sum(), int(batch.targets.numel()), exact, batch.n_examples)
