@@ -236,8 +236,8 @@ def test_lora_trains_adapters_only_and_plain_peft_loads_them(tmp_path: Path, tin
     rendered = renderer.render_many([(c["messages"], None) for c in conversations(10, seed=3)])
     with torch.no_grad():
         loss = reference_loss(peft_model, rendered).item()
-    assert result.final_metrics is not None
-    assert result.final_metrics.full_valid_loss == pytest.approx(loss, abs=1e-4)
+    assert result.final_metrics is not None and result.best_epoch is not None
+    assert result.best_epoch.loss == pytest.approx(loss, abs=1e-4)  # the kept epoch's full-validation loss
     for n, p in peft_model.get_base_model().named_parameters():  # the adapters did not touch the base weights
         if "lora_" not in n:
             torch.testing.assert_close(p, base_params[n.replace(".base_layer", "")], rtol=0, atol=0)
@@ -249,6 +249,43 @@ def test_lora_trains_adapters_only_and_plain_peft_loads_them(tmp_path: Path, tin
     resolved = json.loads(result.resolved_config.read_text())
     assert resolved["hyperparameters"]["batch_size"] == 8 and resolved["hyperparameters"]["rules"]
     assert result.trained_tokens == resolved["trained_tokens"] > 0
+
+
+def test_the_final_model_is_the_epoch_with_the_best_validation_answers(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """select_best_epoch: the epoch with the best answer accuracy (ties: lower loss) is the final model."""
+    from safetensors.torch import load_file
+
+    from tuneloop.train import loop
+
+    # the tiny random model answers nothing right: script the full validation's answer accuracy per epoch
+    scripted, evaluate = iter([0.5, 0.9, 0.7] * 2), loop._evaluate
+
+    def scripted_evaluate(run, indices):
+        loss, token_accuracy, answer_accuracy = evaluate(run, indices)
+        full = len(indices) == len(run.valid)
+        return loss, token_accuracy, next(scripted) if full else answer_accuracy
+
+    monkeypatch.setattr(loop, "_evaluate", scripted_evaluate)
+    valid = write_jsonl(tmp_path / "valid.jsonl", conversations(12, seed=3))
+    kw = {"validation_file": valid, "method": "full", "n_epochs": 3, "learning_rate_multiplier": 100.0}
+    best = train(run_config(tmp_path, tiny_model, "best", **kw), settings=get_settings())
+    last = train(run_config(tmp_path, tiny_model, "last", select_best_epoch=False, **kw), settings=get_settings())
+    epochs = [r for r in _rows(best.metrics_csv) if r["full_valid_answer_accuracy"] is not None]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]  # full validation after every epoch
+    top = max(epochs, key=lambda r: (r["full_valid_answer_accuracy"], -r["full_valid_loss"]))
+    assert best.best_epoch is not None and last.best_epoch is None
+    assert (best.best_epoch.epoch, best.best_epoch.step) == (top["epoch"], top["step"])
+    assert best.best_epoch.epoch == 2 and best.best_epoch.answer_accuracy == 0.9  # an earlier epoch was kept
+    # the kept weights are that epoch's checkpoint; without selection, the last epoch's
+    weights = lambda folder: load_file(str(folder / "model.safetensors"))  # noqa: E731
+    for run, step in ((best, top["step"]), (last, last.total_steps)):
+        kept, checkpoint = weights(run.weights_path), weights(run.output_dir / "checkpoints" / f"step-{step}")
+        assert kept.keys() == checkpoint.keys()
+        for k, v in kept.items():
+            torch.testing.assert_close(v, checkpoint[k], rtol=0, atol=0)
+    assert not (best.output_dir / "best").exists()
 
 
 def test_full_fine_tuning_writes_a_safetensors_model(tmp_path: Path, tiny_model: str, tiny_model_dir) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tuneloop.data.estimate import auto_epochs
+from tuneloop.data.estimate import AnswerProfile, auto_epochs
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train.config import (
     TrainConfig,
@@ -35,6 +35,39 @@ def test_auto_values_are_resolved_with_their_rules() -> None:
     assert hp.max_length == 2048
     assert set(hp.rules) == {"n_epochs", "batch_size", "learning_rate_multiplier", "max_length"}
     assert all(hp.rules.values())
+
+
+def test_label_sets_with_few_examples_per_label_get_more_epochs() -> None:
+    """CLINC150 at 8 per intent: 8 epochs (each label seen ~64 times); at 16: 4; Snips-like data keeps 3."""
+    assert auto_epochs(1200, 150)[0] == 8
+    assert auto_epochs(2400, 150)[0] == 4
+    assert auto_epochs(512, 7)[0] == 3  # 73 examples per label: the default
+    assert auto_epochs(1200, None)[0] == 3  # free text: OpenAI's rule
+    assert auto_epochs(300, 150)[0] == 10  # at most 10
+    assert auto_epochs(20, 10)[0] == 5  # tiny files keep OpenAI's rule (100 // 20)
+    epochs, rule = auto_epochs(1200, 150)
+    assert "150 labels" in rule and "8.0 per label" in rule
+    hp = resolve_hyperparameters(config(), n_examples=1200, context_length=8192, n_labels=150)
+    assert hp.n_epochs == 8 and hp.rules["n_epochs"] == rule
+
+
+def test_answer_profile_tells_labels_from_free_text() -> None:
+    labels = AnswerProfile()
+    for answer in ["book", "cancel", "book", " cancel\n"]:
+        labels.add(answer)
+    assert labels.n_labels == 2
+    unique = AnswerProfile()
+    for answer in ["a", "b", "c"]:
+        unique.add(answer)
+    assert unique.n_labels is None  # no label repeats: not a label set
+    free = AnswerProfile()
+    for answer in ["yes", "yes", "a long answer " * 10]:
+        free.add(answer)
+    assert free.n_labels is None
+    calls = AnswerProfile()
+    for answer in ["x", "x", None]:  # None: an answer that is a tool call
+        calls.add(answer)
+    assert calls.n_labels is None
 
 
 def test_given_values_are_kept() -> None:

@@ -76,5 +76,12 @@ def train(
         line = f"final train_loss {m.train_loss:.4f}"
         if m.full_valid_loss is not None:
             line += f", full_valid_loss {m.full_valid_loss:.4f}"
+        if m.full_valid_answer_accuracy is not None:
+            line += f", answer accuracy {m.full_valid_answer_accuracy:.1%}"
         print(line, file=sys.stderr)
+    if (best := result.best_epoch) is not None and best.step < result.steps_done:
+        print(
+            f"kept epoch {best.epoch}: the best validation answer accuracy ({best.answer_accuracy:.1%})",
+            file=sys.stderr,
+        )
     print(result.weights_path)

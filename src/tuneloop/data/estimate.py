@@ -1,7 +1,8 @@
-"""Training-cost estimates shared by the validator and the trainer: OpenAI's epoch heuristic."""
+"""Training-cost estimates shared by the validator and the trainer: the ``"auto"`` epochs rule and the time."""
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 TARGET_EPOCHS = 3
@@ -11,10 +12,49 @@ MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 
 
-def auto_epochs(n_examples: int) -> tuple[int, str]:
-    """Epochs for ``"auto"``, by OpenAI's published heuristic, and the rule that chose it.
+#: A training file is a label set when every final answer is one short line and answers repeat.
+LABEL_MAX_CHARS = 64
+#: On a label set, ``"auto"`` aims to show the model each label about this many times ...
+LABEL_PASSES = 64
+#: ... within this many epochs.
+MAX_LABEL_EPOCHS = 10
 
-    Target 3 epochs, but keep examples × epochs within [100, 25000] and epochs within [1, 25].
+
+class AnswerProfile:
+    """Counts the final answers of a training file, to tell a label set (classification) from free text.
+
+    Memory stays bounded: counting stops at the first answer that is not one short line.
+    """
+
+    def __init__(self) -> None:
+        self.n_examples = 0
+        self.free_text = False
+        self._answers: set[str] = set()
+
+    def add(self, answer: str | None) -> None:
+        """Count one example's final answer (``examples.final_answer``; None: not a text answer)."""
+        self.n_examples += 1
+        text = (answer or "").strip()
+        if self.free_text or answer is None or len(text) > LABEL_MAX_CHARS or "\n" in text:
+            self.free_text, self._answers = True, set()
+            return
+        self._answers.add(text)
+
+    @property
+    def n_labels(self) -> int | None:
+        """Distinct answers when the file is a label set (each answer seen twice on average or more), else None."""
+        n = len(self._answers)
+        return n if not self.free_text and 0 < n <= self.n_examples / 2 else None
+
+
+def auto_epochs(n_examples: int, n_labels: int | None = None) -> tuple[int, str]:
+    """Epochs for ``"auto"`` and the rule that chose it.
+
+    OpenAI's published heuristic: target 3 epochs, keeping examples x epochs within [100, 25000]
+    and epochs within [1, 25]. On a label set with few examples per label (``n_labels`` distinct
+    answers), enough epochs to show each label about ``LABEL_PASSES`` times, at most
+    ``MAX_LABEL_EPOCHS``: on CLINC150 at 8 examples per intent (benchmarks/sweep_auto_hparams.py)
+    held-out accuracy rose from 83.2% after 3 epochs to 85.2% after 8, while the loss stalled.
     """
     if n_examples <= 0:
         return TARGET_EPOCHS, "no examples: default 3 epochs"
@@ -24,6 +64,15 @@ def auto_epochs(n_examples: int) -> tuple[int, str]:
     if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
         n = max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
         return n, f"{n_examples} examples x 3 > 25000: max(1, 25000 // {n_examples}) = {n} epochs"
+    if n_labels:
+        per_label = n_examples / n_labels
+        wanted = min(MAX_LABEL_EPOCHS, math.ceil(LABEL_PASSES / per_label), MAX_TARGET_EXAMPLES // n_examples)
+        if wanted > TARGET_EPOCHS:
+            return wanted, (
+                f"{n_examples} examples of {n_labels} labels ({per_label:.1f} per label): "
+                f"ceil({LABEL_PASSES} / {per_label:.1f}) = {wanted} epochs, so each label is seen about "
+                f"{LABEL_PASSES} times (at most {MAX_LABEL_EPOCHS}; tuned on CLINC150)"
+            )
     return TARGET_EPOCHS, f"{n_examples} examples: the default 3 epochs"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tuneloop.data.render import ChatRenderer, Rendered
+from tuneloop.data.render import ChatRenderer, Rendered, content_text
 from tuneloop.errors import TuneloopError
 
 Format = Literal["chat", "preference", "completion"]
@@ -119,6 +119,18 @@ def load_examples(path: Path) -> tuple[Format, list[Example]]:
     if fmt is None:
         raise DataError(f"{path}: no examples")
     return fmt, examples
+
+
+def final_answer(example: Example) -> str | None:
+    """The answer an example ends with (its last assistant message's text, or the completion);
+    None when it ends with tool calls or is a preference pair."""
+    if isinstance(example, CompletionExample):
+        return example.completion
+    if isinstance(example, ChatExample):
+        last = next((m for m in reversed(example.messages) if m.get("role") == "assistant"), None)
+        if last is not None and not last.get("tool_calls"):
+            return content_text(last.get("content"))
+    return None
 
 
 def render_examples(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.data.checks import CHECKS, Problem
-from tuneloop.data.estimate import auto_epochs, training_seconds
+from tuneloop.data.estimate import AnswerProfile, auto_epochs, training_seconds
 from tuneloop.data.examples import (
     ChatExample,
     CompletionExample,
@@ -24,6 +24,7 @@ from tuneloop.data.examples import (
     Format,
     PreferenceExample,
     detect_format,
+    final_answer,
     parse_example,
     render_examples,
 )
@@ -178,6 +179,7 @@ def validate_file(
     n_examples = 0
     digests, digest_lines = array("q"), array("I")
     tokens = _TokenCounter(renderer, limit or 0, state) if renderer is not None else None
+    answers = AnswerProfile()
 
     with path.open("rb") as f:
         for line, raw in enumerate(f, start=1):
@@ -210,8 +212,10 @@ def validate_file(
                 continue
             if fmt == "chat":
                 state.count_system(line, obj["messages"][0].get("role") == "system")
+            example = parse_example(obj, fmt, line)
+            answers.add(final_answer(example))
             if tokens is not None:
-                tokens.add(line, parse_example(obj, fmt, line))
+                tokens.add(line, example)
 
     if tokens is not None:
         tokens.flush()
@@ -235,7 +239,7 @@ def validate_file(
     )
     if tokens is not None and tokens.total.n:
         report.stats = tokens.stats()
-        n_epochs, rule = auto_epochs(tokens.total.n)
+        n_epochs, rule = auto_epochs(tokens.total.n, answers.n_labels)
         billed = n_epochs * report.stats.dataset_tokens  # sum of min(tokens, limit) x epochs
         seconds = round(training_seconds(n_params, billed), 1) if n_params else None
         report.estimate = Estimate(n_epochs, rule, billed, seconds)

@@ -35,6 +35,7 @@ METRIC_KEYS = (
     "train_mean_token_accuracy",
     "valid_mean_token_accuracy",
     "full_valid_mean_token_accuracy",
+    "full_valid_answer_accuracy",
 )
 
 
@@ -50,6 +51,8 @@ def step_message(m: StepMetrics) -> str:
         text += f", validation loss={m.valid_loss:.2f}"
     if m.full_valid_loss is not None:
         text += f", full validation loss={m.full_valid_loss:.2f}"
+    if m.full_valid_answer_accuracy is not None:
+        text += f", answer accuracy={m.full_valid_answer_accuracy:.1%}"
     return text
 
 
@@ -94,6 +97,10 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
     result = train(config, _callbacks(jobs, job.id, worker_id, model_id, out), stop.is_set, settings=settings)
     if result.stopped:
         return  # paused or cancelled: the worker records the outcome
+    if result.best_epoch is not None:
+        best = result.best_epoch
+        jobs.add_event(job.id, f"The fine-tuned model is epoch {best.epoch} (step {best.step}): the best validation "
+                       f"answer accuracy ({best.answer_accuracy:.1%}, loss {best.loss:.2f})")  # fmt: skip
     results = files.create_bytes("step_metrics.csv", "fine-tune-results", result.metrics_csv.read_bytes())
     jobs.add_model(model_id, spec.model, job.id, result.method, str(result.weights_path))
     jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")

@@ -36,6 +36,7 @@ OPTIMIZER_KEY = "optimizer"
 SCHEDULER_KEY = "scheduler"
 EPOCH_ORDER_KEY = "epoch_order"  # the example order of the current epoch
 RNG_KEY = "rng"  # rng_state()
+BEST_KEY = "best"  # the best epoch so far by validation (loop.BestEpoch as a dict), or None
 # checkpoint.json, besides the step and epoch
 METRICS_KEY = "metrics"  # the step's StepMetrics
 RESOLVED_KEY = "resolved"  # the run's resolved configuration (resolved_config.json)

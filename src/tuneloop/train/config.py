@@ -72,6 +72,11 @@ class TrainConfig(BaseModel):
     full_validation: bool = Field(
         default=True, description="Compute full_valid_loss over the whole validation file at the end."
     )
+    select_best_epoch: bool = Field(
+        default=True,
+        description="With a validation file, the final model is the epoch with the best full-validation answer "
+        "accuracy (ties: the lower loss), not necessarily the last.",
+    )
     keep_checkpoints: int = Field(default=3, ge=1, description="Epoch checkpoints kept (the newest).")
     resume_from: Path | Literal["latest"] | None = Field(
         default=None, description="Checkpoint folder to continue from, or `latest` in output_dir/checkpoints."
@@ -121,11 +126,14 @@ def resolve_learning_rate_multiplier(batch_size: int, method: str) -> tuple[floa
     return mult, f"LoRA: 8 x sqrt(batch_size {batch_size} / 4), at most 16 = {mult} (tuned on Snips)"
 
 
-def resolve_hyperparameters(config: TrainConfig, n_examples: int, context_length: int) -> ResolvedHyperparameters:
-    """Replace every ``"auto"`` in ``config`` by its value for a training file of ``n_examples``."""
+def resolve_hyperparameters(
+    config: TrainConfig, n_examples: int, context_length: int, n_labels: int | None = None
+) -> ResolvedHyperparameters:
+    """Replace every ``"auto"`` in ``config`` by its value for a training file of ``n_examples``
+    (a label set of ``n_labels`` distinct answers, or free text when None)."""
     rules: dict[str, str] = {}
     if config.n_epochs == "auto":
-        n_epochs, rules["n_epochs"] = auto_epochs(n_examples)
+        n_epochs, rules["n_epochs"] = auto_epochs(n_examples, n_labels)
     else:
         n_epochs, rules["n_epochs"] = int(config.n_epochs), "given"
     if config.batch_size == "auto":

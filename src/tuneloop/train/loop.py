@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from tuneloop.config import Settings, get_settings
-from tuneloop.data.examples import load_examples, render_examples
+from tuneloop.data.estimate import AnswerProfile
+from tuneloop.data.examples import final_answer, load_examples, render_examples
 from tuneloop.data.render import ChatRenderer
 from tuneloop.errors import TuneloopError
 from tuneloop.fileio import atomic_path, write_atomic
@@ -41,6 +43,21 @@ from tuneloop.train.packed import PackedCausalLM
 
 #: The run's resolved configuration (every "auto" with the rule that chose it), beside its outputs.
 RESOLVED_CONFIG = "resolved_config.json"
+#: The best epoch's weights so far (select_best_epoch), until the run ends.
+BEST_DIR = "best"
+
+
+class BestEpoch(BaseModel):
+    """The epoch with the best full-validation answer accuracy so far (ties: the lower loss)."""
+
+    epoch: int = Field(description="1-based epoch.")
+    step: int = Field(description="Its last step.")
+    answer_accuracy: float = Field(description="full_valid_answer_accuracy at that step.")
+    loss: float = Field(description="full_valid_loss at that step.")
+
+    def beats(self, other: BestEpoch | None) -> bool:
+        """Higher answer accuracy, or equal accuracy and lower loss."""
+        return other is None or (self.answer_accuracy, -self.loss) > (other.answer_accuracy, -other.loss)
 
 
 class TrainResult(BaseModel):
@@ -60,6 +77,9 @@ class TrainResult(BaseModel):
     resolved_config: Path = Field(description="output_dir/resolved_config.json.")
     checkpoints: list[Path] = Field(description="Checkpoint folders on disk, oldest first.")
     stopped: bool = Field(default=False, description="True when should_stop() ended the run early.")
+    best_epoch: BestEpoch | None = Field(
+        default=None, description="The epoch chosen as the final model by validation (select_best_epoch)."
+    )
 
 
 @dataclass
@@ -84,6 +104,7 @@ class _Run:
     elapsed: float = 0.0
     orders: dict[int, list[int]] = field(default_factory=dict)
     checkpoints: list[Path] = field(default_factory=list)
+    best: BestEpoch | None = None
 
     def order(self, epoch: int) -> list[int]:
         """The example order of ``epoch`` (remembered, so a checkpoint can save it)."""
@@ -161,6 +182,8 @@ def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bo
         if run.valid and cfg.full_validation and (epoch_end or step == run.total_steps):
             full = _evaluate(run, range(len(run.valid)))
             metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy, metrics.full_valid_answer_accuracy = full
+            if epoch_end and cfg.select_best_epoch:
+                _keep_if_best(run, BestEpoch(epoch=epoch, step=step, answer_accuracy=full[2], loss=full[0]))
         _report_step(run, metrics, callbacks)
         stop = step < run.total_steps and ctx.any(should_stop())
         if epoch_end or stop:
@@ -270,7 +293,10 @@ def _setup_data(
     """Render both files with the shared renderer; resolve "auto" from the training file's size."""
     renderer = ChatRenderer(tokenizer)
     _, examples = load_examples(config.training_file)
-    hp = resolve_hyperparameters(config, len(examples), context_length)
+    answers = AnswerProfile()
+    for example in examples:
+        answers.add(final_answer(example))
+    hp = resolve_hyperparameters(config, len(examples), context_length, answers.n_labels)
     train_samples = [s for r in render_examples(renderer, examples, hp.max_length) if (s := to_sample(r))]
     if not train_samples:
         raise TuneloopError(f"{config.training_file}: no example has a trained token (assistant text) to learn from")
@@ -319,6 +345,8 @@ def _restore(run: _Run, folder: Path) -> None:
     run.step, run.elapsed = state[ckpt.STEP_KEY], state[ckpt.ELAPSED_KEY]
     run.orders = {state[ckpt.EPOCH_KEY]: state[ckpt.EPOCH_ORDER_KEY]}
     ckpt.set_rng_state(state[ckpt.RNG_KEY])
+    best = state.get(ckpt.BEST_KEY)
+    run.best = BestEpoch.model_validate(best) if best else None
     run.checkpoints = ckpt.list_checkpoints(folder.parent)
 
 
@@ -335,6 +363,7 @@ def _checkpoint(run: _Run, epoch: int, metrics: StepMetrics, callbacks: TrainCal
             ckpt.SCHEDULER_KEY: run.scheduler.state_dict(),
             ckpt.EPOCH_ORDER_KEY: run.order(epoch),
             ckpt.RNG_KEY: ckpt.rng_state(),
+            ckpt.BEST_KEY: run.best.model_dump() if run.best else None,
         }
         meta = {
             ckpt.STEP_KEY: run.step,
@@ -357,6 +386,18 @@ def _checkpoint(run: _Run, epoch: int, metrics: StepMetrics, callbacks: TrainCal
     run.ctx.barrier()
 
 
+def _keep_if_best(run: _Run, candidate: BestEpoch) -> None:
+    """Remember the best epoch so far and keep its weights in output_dir/best (the last epoch's are saved anyway)."""
+    if not candidate.beats(run.best):
+        return
+    run.best = candidate
+    if run.ctx.is_main and candidate.step < run.total_steps:
+        best = run.config.output_dir / BEST_DIR
+        ckpt.clear_leftovers(best)
+        with atomic_path(best, directory=True) as tmp:
+            save_weights(run.model, run.tokenizer, tmp, run.config.method)
+
+
 def _report_step(run: _Run, metrics: StepMetrics, callbacks: TrainCallbacks) -> None:
     if run.ctx.is_main:
         run.csv.append(metrics)
@@ -367,10 +408,16 @@ def _report_step(run: _Run, metrics: StepMetrics, callbacks: TrainCallbacks) -> 
 def _finish(run: _Run, metrics: StepMetrics | None) -> TrainResult:
     """Write the final adapter/model folder (atomically) and return the result."""
     out = run.config.output_dir / ("adapter" if run.config.method == "lora" else "model")
+    best = run.config.output_dir / BEST_DIR
+    earlier = run.best is not None and run.best.step < run.step and best.is_dir()
     if run.ctx.is_main:
         ckpt.clear_leftovers(out)
         with atomic_path(out, directory=True) as tmp:
-            save_weights(run.model, run.tokenizer, tmp, run.config.method)
+            if earlier:
+                shutil.copytree(best, tmp, dirs_exist_ok=True)
+            else:
+                save_weights(run.model, run.tokenizer, tmp, run.config.method)
+        shutil.rmtree(best, ignore_errors=True)
     run.ctx.barrier()
     return _result(run, metrics, stopped=False, weights=out)
 
@@ -390,6 +437,7 @@ def _result(run: _Run, metrics: StepMetrics | None, stopped: bool, weights: Path
         resolved_config=out / RESOLVED_CONFIG,
         checkpoints=run.checkpoints,
         stopped=stopped,
+        best_epoch=run.best if run.config.select_best_epoch else None,
     )
 
 
