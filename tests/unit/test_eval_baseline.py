@@ -163,7 +163,8 @@ def test_report_shows_the_baseline_and_invalid_vs_wrong(tmp_path):
     assert local.metrics["invalid_label_rate"] == 0.25 and local.metrics["wrong_label_rate"] == 0.25
     assert local.mean_prompt_tokens is None and local.mean_latency_s == pytest.approx(0.001)
     data = json.loads(report.to_json())
-    assert data["labels"] == labels and data["notes"] == ["note: hello"]
+    assert data["labels"] == labels and data["notes"][0] == "note: hello"
+    assert data["notes"][1].startswith("few trails the tf-idf + logistic regression baseline by")
     assert [o["label"] for o in data["items"][2]["outputs"].values()] == ["invalid", "wrong"]
 
     console = Console(record=True, width=250)
@@ -174,6 +175,27 @@ def test_report_shows_the_baseline_and_invalid_vs_wrong(tmp_path):
     assert classical.NAME in text and "note: hello" in text
     page = render_html(report)
     assert "<th>invalid</th><th>wrong</th>" in page and classical.NAME in page and "4 known labels" in page
+
+
+def test_verdicts_say_whether_each_candidate_beats_the_baseline():
+    from tuneloop.evals.report import CandidateSummary, baseline_verdicts
+
+    def summary(name: str, model: str, primary: float) -> CandidateSummary:
+        return CandidateSummary(name, model, "", None, 0, {}, primary, None, None, None, None, 0)
+
+    lines = baseline_verdicts(
+        [
+            summary("base", "smollm2", 0.03),
+            summary("tuned", "ft:smollm2:x", 0.80),
+            summary("weak", "ft:smollm2:y", 0.60),
+            summary(classical.NAME, classical.MODEL, 0.695),
+        ],
+        "accuracy",
+    )
+    assert lines[0] == f"base trails the {classical.NAME} baseline by 66.5 points of accuracy"
+    assert lines[1] == f"tuned beats the {classical.NAME} baseline by 10.5 points of accuracy"
+    assert lines[2].startswith("warning: the fine-tuned weak does not beat") and "9.5 points" in lines[2]
+    assert baseline_verdicts([summary("base", "m", 0.5)], "accuracy") == []  # no baseline: nothing to say
 
 
 def test_cli_help_mentions_the_baseline():

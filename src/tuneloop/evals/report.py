@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.evals.baseline import NAME as CLASSICAL_NAME
 from tuneloop.evals.graders import judge_summary, normalize_text
 from tuneloop.evals.labels import label_rates
 
@@ -237,8 +238,34 @@ def build_report(run: EvalRun, disagreements: int = DEFAULT_DISAGREEMENTS) -> Ev
         config=settings,
         elapsed_s=run.elapsed_s,
         labels=run.labels,
-        notes=list(run.notes),
+        notes=list(run.notes) + baseline_verdicts(summaries, primary_metric),
     )
+
+
+def baseline_verdicts(summaries: list[CandidateSummary], metric: str) -> list[str]:
+    """One line per candidate: does it beat the classical baseline (TF-IDF), and by how much?
+
+    A fine-tuned model (``ft:…``) that does not gets a warning with what to try.
+    """
+    classical = next((s for s in summaries if s.name == CLASSICAL_NAME), None)
+    if classical is None or not math.isfinite(classical.primary):
+        return []
+    lines = []
+    for s in summaries:
+        if s is classical or not math.isfinite(s.primary):
+            continue
+        gap = 100 * (s.primary - classical.primary)
+        if gap > 0:
+            lines.append(f"{s.name} beats the {CLASSICAL_NAME} baseline by {gap:.1f} points of {metric}")
+        elif s.model.startswith("ft:"):
+            lines.append(
+                f"warning: the fine-tuned {s.name} does not beat the {CLASSICAL_NAME} baseline "
+                f"({-gap:.1f} points of {metric} behind): try more examples per label or more epochs, "
+                "or serve the classifier"
+            )
+        else:
+            lines.append(f"{s.name} trails the {CLASSICAL_NAME} baseline by {-gap:.1f} points of {metric}")
+    return lines
 
 
 # --------------------------------------------------------------------------- loss curves
