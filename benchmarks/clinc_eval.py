@@ -86,7 +86,7 @@ def main() -> None:
     from tuneloop.jobs.follow import watch
     from tuneloop.models import Catalog
 
-    console = Console()
+    console = Console(width=160)
     settings = get_settings()
     Catalog(settings).ensure_ready(Catalog(settings).get(BASE))
     test_file = write(
