@@ -3,6 +3,7 @@ prefixes computed once, no result changed) and shutdown."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -17,6 +18,7 @@ from tuneloop.engine.engine import (
     TokenEvent,
     token_budget,
 )
+from tuneloop.engine.grammar import json_object_grammar, json_schema_grammar
 from tuneloop.engine.lora_weights import load_lora
 from tuneloop.engine.quantized import max_rows
 from tuneloop.engine.sampling import Sampler, SamplingParams
@@ -224,8 +226,9 @@ def test_generate_checks_the_context_caps_the_answer_and_builds_the_request(tiny
         assert request.params.max_tokens == 4 and params.max_tokens == 10  # capped in a copy
         assert request.sampler.eos_ids == engine.eos_ids and request.detokenizer.stop == ["zzz"]
         assert events[-1].reason in ("length", "stop") and events[-1].completion_tokens <= 4
-        json = engine.generate([1, 2, 3], SamplingParams(max_tokens=1, json_object=True), None, lambda event: None)
-        assert json.sampler.json is not None and len(engine.token_texts) == len(tiny[1])
+        grammar = json_object_grammar()
+        json = engine.generate([1, 2, 3], SamplingParams(max_tokens=1, grammar=grammar), None, lambda event: None)
+        assert json.sampler.constraint is not None and engine.grammar_tokenizer.vocab_size == len(tiny[1])
     finally:
         engine.close()
 
@@ -256,3 +259,36 @@ def test_cli_chat_too_long_is_a_one_line_error(tiny_model):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: This model's maximum context length is 1024 tokens. However, your messages")
     assert "Traceback" not in result.stderr
+
+
+def test_a_constrained_request_leaves_its_batch_neighbours_alone(tiny):
+    """A grammar masks its own row only: the unconstrained requests decoding beside it get the tokens
+    they get alone, and it gets schema-valid JSON (greedy and sampled)."""
+    schema = {"type": "object", "properties": {"on": {"type": "boolean"}, "room": {"enum": ["hall", "kitchen"]}},
+              "required": ["on", "room"]}  # fmt: skip
+    prompts = [SHARED + [3], SHARED + [4]]
+    engine = Engine(*tiny, max_batch=4, max_len=512)
+    try:
+        texts, done = ["", ""], [threading.Event(), threading.Event()]
+
+        def collect(i: int):
+            def on_event(event) -> None:
+                if isinstance(event, TokenEvent):
+                    texts[i] += event.text
+                else:
+                    done[i].set()
+
+            return on_event
+
+        plain = [make_request(tiny[1], p) for p in prompts]
+        for temperature, i in ((0.0, 0), (1.0, 1)):
+            params = SamplingParams(max_tokens=40, temperature=temperature, seed=i, grammar=json_schema_grammar(schema))
+            engine.generate(SHARED + [5], params, None, collect(i))
+            engine.submit(plain[i][0])
+        assert all(d.wait(60) for d in done) and all(r[2].wait(60) for r in plain)
+    finally:
+        engine.close()
+    assert [r[1] for r in plain] == [alone(tiny, p) for p in prompts]
+    for text in texts:
+        value = json.loads(text)
+        assert set(value) == {"on", "room"} and value["room"] in ("hall", "kitchen")

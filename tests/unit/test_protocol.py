@@ -27,6 +27,7 @@ from tuneloop.api.protocol import (
     Usage,
     sse,
 )
+from tuneloop.api.tool_calls import ChoiceOutput
 from tuneloop.engine.engine import FinishEvent, TokenEvent
 
 META = {"id": "chatcmpl-x", "created": 1, "model": "m"}
@@ -94,7 +95,7 @@ def test_sampling_params_from_either_request():
         response_format={"type": "json_object"},
     )  # fmt: skip
     params = chat_request.sampling(7)
-    assert (params.logprobs, params.top_logprobs, params.json_object) == (True, 4, True)
+    assert (params.logprobs, params.top_logprobs, params.grammar.kind) == (True, 4, "json_object")
 
 
 def test_model_not_found_is_one_envelope():
@@ -124,7 +125,7 @@ async def _drain(events) -> list[str]:
 def test_chat_and_completions_streams_fail_the_same_way():
     async def both():
         target = SimpleNamespace(engine=SimpleNamespace(tokenizer=None))
-        chat_events = await _drain(chat._stream(_failing_stream(), target, META, 3, 1, True, None))
+        chat_events = await _drain(chat._stream(_failing_stream(), target, META, 3, [ChoiceOutput(False)], True, None))
         completion_events = await _drain(completions._stream(_failing_stream(), META, None))
         return chat_events, completion_events
 

@@ -1,4 +1,5 @@
-"""``/v1/chat/completions``: OpenAI-compatible chat on base, fine-tuned and checkpoint models."""
+"""``/v1/chat/completions``: OpenAI-compatible chat on base, fine-tuned and checkpoint models, with
+tools (``api/tool_calls.py``) and structured outputs (``engine/grammar.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from tuneloop.api.protocol import (
     SSE_DONE,
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionMessage,
     ChatRequest,
     Choice,
     ChoiceLogprobs,
@@ -30,6 +30,7 @@ from tuneloop.api.protocol import (
     token_logprob,
 )
 from tuneloop.api.state import AppState, get_state
+from tuneloop.api.tool_calls import ChoiceOutput
 from tuneloop.data.render import ChatRenderer, TemplateError
 from tuneloop.store.ids import random_id
 
@@ -39,42 +40,49 @@ State = Annotated[AppState, Depends(get_state)]
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(state: State, body: ChatRequest, http: Request):
-    messages = body.rendered_messages()
+    messages, tools = body.rendered_messages(), body.rendered_tools()
+    body.grammar()  # a bad schema or tool choice is a 400 before any model loads
     target = await run_in_threadpool(generation.resolve_target, state.pool, body.model)
     try:
-        prompt = ChatRenderer(target.engine.tokenizer).render_prompt(messages)
+        prompt = ChatRenderer(target.engine.tokenizer).render_prompt(messages, tools)
     except TemplateError as exc:
         raise APIError(400, str(exc), param="messages") from exc
     max_tokens = generation.check_context(target, prompt, body.max_completion_tokens or body.max_tokens)
-    stream = generation.start(target, prompt, body.sampling(max_tokens), body.n)
+    params = body.sampling(max_tokens)
+    if params.grammar is not None:
+        await generation.check_grammar(target, params.grammar)
+    stream = generation.start(target, prompt, params, body.n)
+    outputs = [ChoiceOutput(body.calls_tools()) for _ in range(body.n)]
     meta = {"id": random_id("chatcmpl-"), "created": int(time.time()), "model": body.model}
     if body.stream:
-        events = _stream(stream, target, meta, len(prompt), body.n, body.include_usage(), http)
+        events = _stream(stream, target, meta, len(prompt), outputs, body.include_usage(), http)
         return StreamingResponse(events, media_type="text/event-stream")
-    return await _collect(stream, target, meta, len(prompt), body.n, http)
+    return await _collect(stream, target, meta, len(prompt), outputs, http)
 
 
 async def _collect(
-    stream: Stream, target: Target, meta: dict, prompt_tokens: int, n: int, http: Request
+    stream: Stream, target: Target, meta: dict, prompt_tokens: int, outputs: list[ChoiceOutput], http: Request
 ) -> ChatCompletion:
-    texts, finish = [""] * n, [None] * n
+    n = len(outputs)
+    finish: list[str | None] = [None] * n
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
     completion_tokens = 0
     async for index, event in generation.events(stream, http):
         if isinstance(event, TokenEvent):
-            texts[index] += event.text
+            outputs[index].deltas(event.text)
             if (entry := token_logprob(target.engine.tokenizer, event)) is not None:
                 logprobs[index].append(entry)
         else:
             if event.reason == "error":
                 raise generation_failed(event.error)
-            finish[index] = event.reason
+            outputs[index].finish()
+            finish[index] = outputs[index].finish_reason(event.reason)
             completion_tokens += event.completion_tokens
     wants_logprobs = stream.requests[0].params.logprobs
     choices = [
         Choice(
             index=i,
-            message=ChatCompletionMessage(content=texts[i]),
+            message=outputs[i].message(),
             finish_reason=finish[i],
             logprobs=ChoiceLogprobs(content=logprobs[i]) if wants_logprobs else None,
         )
@@ -89,33 +97,45 @@ async def _stream(
     target: Target,
     meta: dict,
     prompt_tokens: int,
-    n: int,
+    outputs: list[ChoiceOutput],
     include_usage: bool,
     http: Request,
 ) -> AsyncIterator[str]:
     """A role chunk per choice, a chunk per token, a finish chunk per choice, the usage chunk if asked
-    for, then ``[DONE]``; a failure sends the error envelope instead of the rest, then ``[DONE]``."""
+    for, then ``[DONE]``; a failure sends the error envelope instead of the rest, then ``[DONE]``.
+    With tools, a choice's role rides in its first chunk, which may be its first call's."""
+    tools = any(o.parser is not None for o in outputs)
+    role_sent = [not tools] * len(outputs)
 
-    def chunk(choice: ChunkChoice | None, usage: Usage | None = None) -> str:
-        return sse(ChatCompletionChunk(**meta, choices=[choice] if choice else [], usage=usage))
+    def chunk(index: int, delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
+        if not role_sent[index]:
+            delta.role, role_sent[index] = "assistant", True
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+        return sse(ChatCompletionChunk(**meta, choices=[choice]))
 
-    for i in range(n):
-        yield chunk(ChunkChoice(index=i, delta=Delta(role="assistant", content="")))
+    if not tools:
+        for i in range(len(outputs)):
+            yield chunk(i, Delta(role="assistant", content=""))
     completion_tokens = 0
     async for index, event in generation.events(stream, http):
         if isinstance(event, TokenEvent):
             entry = token_logprob(target.engine.tokenizer, event)
-            if not event.text and entry is None:
-                continue
-            logprobs = ChoiceLogprobs(content=[entry]) if entry is not None else None
-            yield chunk(ChunkChoice(index=index, delta=Delta(content=event.text), logprobs=logprobs))
+            deltas = outputs[index].deltas(event.text)
+            if not deltas and entry is not None:
+                deltas = [Delta(content="")] if not tools else [Delta()]
+            for k, delta in enumerate(deltas):
+                logprobs = ChoiceLogprobs(content=[entry]) if entry is not None and k == 0 else None
+                yield chunk(index, delta, logprobs=logprobs)
         elif event.reason == "error":
             yield sse_error(generation_failed(event.error))
             break
         else:
             completion_tokens += event.completion_tokens
-            yield chunk(ChunkChoice(index=index, delta=Delta(), finish_reason=event.reason))
+            for delta in outputs[index].finish():
+                yield chunk(index, delta)
+            yield chunk(index, Delta(), outputs[index].finish_reason(event.reason))
     else:
         if include_usage:
-            yield chunk(None, Usage.of(prompt_tokens, completion_tokens, stream.requests[0].cached_tokens))
+            usage = Usage.of(prompt_tokens, completion_tokens, stream.requests[0].cached_tokens)
+            yield sse(ChatCompletionChunk(**meta, choices=[], usage=usage))
     yield SSE_DONE

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from fastapi import Request as HTTPRequest
+from fastapi.concurrency import run_in_threadpool
 
 from tuneloop.api.errors import APIError, model_not_found
 from tuneloop.engine.engine import (
@@ -22,6 +23,7 @@ from tuneloop.engine.engine import (
     TokenEvent,
     token_budget,
 )
+from tuneloop.engine.grammar import GrammarError, GrammarSpec
 from tuneloop.engine.lora_weights import LoraAdapter
 from tuneloop.engine.model_pool import ModelPool, ResolvedModel
 from tuneloop.engine.sampling import SamplingParams
@@ -57,6 +59,20 @@ def check_context(target: Target, prompt_ids: list[int], max_tokens: int | None)
 
 def _too_long(exc: ContextLengthError) -> APIError:
     return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+
+
+async def check_grammar(target: Target, spec: GrammarSpec) -> None:
+    """A 400 when ``spec`` cannot constrain the model's tokens (its first use builds the engine's
+    grammar vocabulary, about half a second: in a worker thread, not on the event loop)."""
+    try:
+        await run_in_threadpool(target.engine.check_grammar, spec)
+    except GrammarError as exc:
+        raise _bad_grammar(spec, exc) from exc
+
+
+def _bad_grammar(spec: GrammarSpec, exc: GrammarError) -> APIError:
+    param = "tools" if spec.kind == "tool_calls" else "response_format"
+    return APIError(400, f"Cannot constrain decoding for this request: {exc}", param=param, code="invalid_value")
 
 
 @dataclass
@@ -119,6 +135,9 @@ def start(target: Target, prompt_ids: list[int], params: SamplingParams, n: int)
     except ContextLengthError as exc:
         stream.cancel()
         raise _too_long(exc) from exc
+    except GrammarError as exc:
+        stream.cancel()
+        raise _bad_grammar(params.grammar, exc) from exc
     return stream
 
 

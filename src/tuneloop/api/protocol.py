@@ -9,15 +9,26 @@ validators, and :func:`sse` frames any model as one server-sent event.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from tuneloop.api.errors import APIError
 from tuneloop.engine.engine import TokenEvent
+from tuneloop.engine.grammar import (
+    FunctionSpec,
+    GrammarError,
+    GrammarSpec,
+    check_schema,
+    json_object_grammar,
+    json_schema_grammar,
+    tool_call_grammar,
+)
 from tuneloop.engine.sampling import SamplingParams
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 SSE_DONE = "data: [DONE]\n\n"
 
 
@@ -58,8 +69,9 @@ class SamplingRequest(BaseModel):
         """(whether to compute log-probabilities, how many alternatives per token)."""
         return False, 0
 
-    def json_object(self) -> bool:
-        return False
+    def grammar(self) -> GrammarSpec | None:
+        """What the output must match (None: free text)."""
+        return None
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         """The engine's decoding settings; a 400 for a ``stop`` beyond 4 non-empty strings."""
@@ -70,8 +82,21 @@ class SamplingRequest(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=stop,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-            logprobs=logprobs, top_logprobs=top_logprobs, json_object=self.json_object(),
+            logprobs=logprobs, top_logprobs=top_logprobs, grammar=self.grammar(),
         )  # fmt: skip
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON text
+
+
+class ToolCall(BaseModel):
+    """A call in an assistant message (a request's history, or a response)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(BaseModel):
@@ -79,10 +104,54 @@ class ChatMessage(BaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
+    refusal: str | None = None  # assistant (echoed back by clients; not rendered)
 
 
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object"]
+class FunctionDefinition(BaseModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(BaseModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class StreamOptions(BaseModel):
@@ -98,23 +167,107 @@ class ChatRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    _grammar: tuple[GrammarSpec | None] | None = PrivateAttr(default=None)  # computed once
 
     def logprob_settings(self) -> tuple[bool, int]:
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
         return self.logprobs, self.top_logprobs or 0
 
-    def json_object(self) -> bool:
-        return self.response_format is not None and self.response_format.type == "json_object"
-
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def calls_tools(self) -> bool:
+        """Whether the answer may hold tool calls (tools given and ``tool_choice`` is not ``none``)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def rendered_tools(self) -> list[dict] | None:
+        """The tools as the chat template takes them (the request's own fields), None without tools."""
+        return [t.model_dump(exclude_unset=True) for t in self.tools] if self.tools else None
+
+    def grammar(self) -> GrammarSpec | None:
+        """The constraint on the output: tool calls (``required``, a named function, or once a call
+        starts under ``auto``), a JSON schema, any JSON object; 400s naming what cannot be used."""
+        if self._grammar is None:
+            self._grammar = (self._build_grammar(),)
+        return self._grammar[0]
+
+    def _build_grammar(self) -> GrammarSpec | None:
+        answer = self._answer_schema()
+        functions = self._functions()
+        if self.tool_choice is not None and not self.tools:
+            raise APIError(400, "'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice")
+        if self.parallel_tool_calls is not None and not self.tools:
+            raise APIError(
+                400, "'parallel_tool_calls' is only allowed when 'tools' are specified.", param="parallel_tool_calls"
+            )
+        if not self.calls_tools():
+            if answer is None:
+                return None
+            return json_object_grammar() if self.response_format.type == "json_object" else json_schema_grammar(answer)
+        choice = self.tool_choice or "auto"
+        if isinstance(choice, NamedToolChoice):
+            functions = [f for f in functions if f.name == choice.function.name]
+            if not functions:
+                message = f"Invalid value for 'tool_choice': no function named '{choice.function.name}' in 'tools'."
+                raise _invalid(message, "tool_choice")
+        try:
+            return tool_call_grammar(
+                functions, required=choice != "auto", parallel=self.parallel_tool_calls is not False,
+                answer=answer if choice == "auto" else None,
+            )  # fmt: skip
+        except GrammarError as exc:
+            raise _invalid(f"Invalid tools: {exc}", "tools", "invalid_function_parameters") from exc
+
+    def _answer_schema(self) -> dict | None:
+        """The JSON schema an answer's text must match (checked), None for free text."""
+        fmt = self.response_format
+        if isinstance(fmt, JsonObjectFormat):
+            return {"type": "object"}
+        if not isinstance(fmt, JsonSchemaFormat):
+            return None
+        spec = fmt.json_schema
+        if not _NAME.match(spec.name):
+            message = "Invalid 'response_format.json_schema.name': must be 1-64 letters, digits, '_' or '-'."
+            raise _invalid(message, "response_format")
+        try:
+            schema = check_schema(spec.schema_ if spec.schema_ is not None else {})
+            json_schema_grammar(schema)  # the engine's own check (references, patterns, types)
+        except GrammarError as exc:
+            message = f"Invalid schema for response_format '{spec.name}': {exc}"
+            raise _invalid(message, "response_format", "invalid_json_schema") from exc
+        return schema
+
+    def _functions(self) -> list[FunctionSpec]:
+        """The tools as callable functions, each schema checked; a 400 naming the first bad one."""
+        functions: list[FunctionSpec] = []
+        for i, tool in enumerate(self.tools or []):
+            fn = tool.function
+            where = f"tools[{i}].function"
+            if not _NAME.match(fn.name):
+                raise _invalid(f"Invalid '{where}.name': '{fn.name}' must be 1-64 letters, digits, '_' or '-'.",
+                               f"{where}.name")  # fmt: skip
+            if any(f.name == fn.name for f in functions):
+                raise _invalid(f"Duplicate function name in 'tools': '{fn.name}'.", f"{where}.name")
+            try:
+                parameters = None if fn.parameters is None else check_schema(fn.parameters)
+                if parameters is not None:
+                    json_schema_grammar(parameters)
+            except GrammarError as exc:
+                message = f"Invalid schema for function '{fn.name}': {exc}"
+                raise _invalid(message, f"{where}.parameters", "invalid_function_parameters") from exc
+            functions.append(FunctionSpec(fn.name, parameters))
+        return functions
+
     def rendered_messages(self) -> list[dict]:
-        """The messages as the chat template takes them; a 400 for unknown roles or non-text parts."""
+        """The messages as the chat template takes them; a 400 for unknown roles, non-text parts, or a
+        tool result without a matching earlier call."""
         if not self.messages:
             raise APIError(400, "'messages' must contain at least one message.", param="messages")
-        out = []
+        out, call_ids = [], set()
         for i, m in enumerate(self.messages):
             if m.role not in ROLES:
                 raise APIError(
@@ -125,8 +278,27 @@ class ChatRequest(SamplingRequest):
                 raise APIError(
                     400, f"messages[{i}]: only text content parts are supported.", param=f"messages[{i}].content"
                 )
-            out.append({"role": "system" if m.role == "developer" else m.role, "content": m.content or ""})
+            role = "system" if m.role == "developer" else m.role
+            message: dict[str, Any] = {"role": role, "content": m.content or ""}
+            if m.tool_calls and m.role != "assistant":
+                raise _invalid(
+                    f"messages[{i}]: only assistant messages have 'tool_calls'.", f"messages[{i}].tool_calls"
+                )
+            if m.tool_calls:
+                message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+                call_ids.update(c.id for c in m.tool_calls)
+            if m.role == "tool":
+                if m.tool_call_id not in call_ids:
+                    text = (f"Invalid 'messages[{i}]': a message with role 'tool' must answer a tool call of an "
+                            f"earlier assistant message; none has id '{m.tool_call_id}'.")  # fmt: skip
+                    raise _invalid(text, f"messages[{i}].tool_call_id")
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
         return out
+
+
+def _invalid(message: str, param: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
 
 
 class CompletionRequest(SamplingRequest):
@@ -212,8 +384,9 @@ def token_logprob(tokenizer, event: TokenEvent) -> TokenLogprob | None:
 
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=_omit_none)
 
 
 class Choice(BaseModel):
@@ -233,9 +406,24 @@ class ChatCompletion(BaseModel):
     system_fingerprint: None = None
 
 
+class FunctionDelta(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_omit_none)
+    arguments: str | None = Field(default=None, exclude_if=_omit_none)
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed call: index, id, type and name (arguments "") in its first chunk, then fragments."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_omit_none)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_omit_none)
+    function: FunctionDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
     content: str | None = Field(default=None, exclude_if=_omit_none)
+    tool_calls: list[ToolCallDelta] | None = Field(default=None, exclude_if=_omit_none)
 
 
 class ChunkChoice(BaseModel):

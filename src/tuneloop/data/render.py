@@ -12,13 +12,13 @@ character offsets, and a token is trained when it starts inside an assistant spa
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tuneloop.data.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, format_tool_call
 from tuneloop.errors import TuneloopError
 
 #: Used when a model ships without a chat template (base models): ChatML, as SmolLM2 uses.
@@ -66,17 +66,15 @@ def content_text(content: Any) -> str:
 
 
 def _tool_call_text(message: Message) -> str:
+    """An assistant message's calls in the default format (``data/tools.py``), one tagged object each."""
     calls = []
     for call in message.get("tool_calls") or []:
         fn = call.get("function", {})
-        args = fn.get("arguments", "{}")
-        with contextlib.suppress(json.JSONDecodeError):
-            args = json.loads(args) if isinstance(args, str) else args
-        calls.append(json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False))
+        calls.append(format_tool_call(fn.get("name"), fn.get("arguments", "{}")))
     if message.get("function_call"):
         fc = message["function_call"]
-        calls.append(json.dumps({"name": fc.get("name"), "arguments": fc.get("arguments")}, ensure_ascii=False))
-    return "".join(f"<tool_call>\n{c}\n</tool_call>" for c in calls)
+        calls.append(format_tool_call(fc.get("name"), fc.get("arguments")))
+    return "".join(calls)
 
 
 def _template_messages(
@@ -105,8 +103,8 @@ def _template_messages(
     if tools and not native_tools:
         specs = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
         note = (
-            'You may call these tools; answer a call as <tool_call>{"name": ..., "arguments": ...}'
-            f"</tool_call>.\n<tools>\n{specs}\n</tools>"
+            f'You may call these tools; answer a call as {TOOL_CALL_OPEN}{{"name": ..., "arguments": ...}}'
+            f"{TOOL_CALL_CLOSE}.\n<tools>\n{specs}\n</tools>"
         )
         if out and out[0]["role"] == "system":
             out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + note}

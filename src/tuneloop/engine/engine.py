@@ -15,7 +15,8 @@ of few-shot examples common to many requests is computed once, and a chat's next
 the previous one.
 
 ``Engine.generate`` is the one way in: it checks that the prompt fits the context, caps the answer
-at the room left, builds the request's sampler (with JSON mode) and detokenizer, and queues it.
+at the room left, builds the request's sampler (with its grammar constraint, ``engine/grammar.py``)
+and detokenizer, and queues it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from tuneloop.engine.json_mode import JsonConstraint
+from tuneloop.engine.grammar import GrammarConstraint, GrammarSpec, grammar_tokenizer
 from tuneloop.engine.lora_weights import LoraAdapter
 from tuneloop.engine.quantized import QuantizedWeight
 from tuneloop.engine.runner import ModelRunner
@@ -175,13 +176,14 @@ class Engine:
         """Queue a sequence to generate after ``prompt_ids``; its events go to ``on_event`` (on the
         engine thread). ``params.max_tokens`` is capped at the room the prompt leaves in the context.
 
-        Raises ContextLengthError when the prompt leaves no room, QueueFullError when too many wait.
-        Set the returned request's ``cancelled`` to stop it."""
+        Raises ContextLengthError when the prompt leaves no room, QueueFullError when too many wait,
+        GrammarError when ``params.grammar`` cannot be used. Set the returned request's ``cancelled``
+        to stop it."""
         budget = token_budget(self.context_length, len(prompt_ids), params.max_tokens)
         if budget != params.max_tokens:
             params = replace(params, max_tokens=budget)
-        json = JsonConstraint(self.token_texts, self.eos_ids) if params.json_object else None
-        sampler = Sampler(params, self.eos_ids, json)
+        constraint = GrammarConstraint(self.grammar_tokenizer, params.grammar) if params.grammar else None
+        sampler = Sampler(params, self.eos_ids, constraint)
         request = Request(list(prompt_ids), params, sampler, Detokenizer(self.tokenizer, params.stop), on_event,
                           adapter)  # fmt: skip
         self.submit(request)
@@ -196,9 +198,15 @@ class Engine:
         return {i for i in ids if i is not None}
 
     @cached_property
-    def token_texts(self) -> list[str]:
-        """Every token's text (JSON mode's constraint reads them; computed on first use)."""
-        return [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+    def grammar_tokenizer(self):
+        """The vocabulary as the grammar engine sees it (built on first use, in about half a second:
+        callers on an event loop call :meth:`check_grammar` in a worker thread first)."""
+        vocab_size = max(len(self.tokenizer), self.runner.hf.config.get_text_config().vocab_size)
+        return grammar_tokenizer(self.tokenizer, vocab_size, self.eos_ids)
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        """Raise GrammarError when ``spec`` cannot constrain this model's tokens."""
+        GrammarConstraint(self.grammar_tokenizer, spec)
 
     def submit(self, request: Request) -> None:
         """Queue a request built by hand (``generate`` builds and queues one); raises QueueFullError

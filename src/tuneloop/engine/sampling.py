@@ -1,4 +1,4 @@
-"""Choosing each next token: penalties, temperature, top-p, seeds, log-probabilities, JSON mode."""
+"""Choosing each next token: penalties, temperature, top-p, seeds, log-probabilities, grammar constraints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tuneloop.engine.json_mode import JsonConstraint
+from tuneloop.engine.grammar import GrammarConstraint, GrammarSpec
 
 
 @dataclass
@@ -22,7 +22,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
-    json_object: bool = False
+    #: the grammar the output must match (JSON mode, a JSON schema, tool calls); None: free text
+    grammar: GrammarSpec | None = None
 
 
 @dataclass
@@ -35,14 +36,14 @@ class TokenChoice:
 
 
 class Sampler:
-    """The sampling state of one sequence (its RNG, token counts and JSON state)."""
+    """The sampling state of one sequence (its RNG, token counts and grammar state)."""
 
-    def __init__(self, params: SamplingParams, eos_ids: set[int], json: JsonConstraint | None = None):
+    def __init__(self, params: SamplingParams, eos_ids: set[int], constraint: GrammarConstraint | None = None):
         self.params = params
         self.eos_ids = eos_ids
         self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         self.counts: dict[int, int] = {}
-        self.json = json
+        self.constraint = constraint
 
     def choose(self, logits: torch.Tensor, best: int | None = None) -> TokenChoice:
         """Pick the next token from one row of logits (float32, on CPU); ``best`` is the row's argmax
@@ -55,11 +56,17 @@ class Sampler:
             logits = logits.clone()
             logits[ids] -= counts * p.frequency_penalty + p.presence_penalty
         logprobs = torch.log_softmax(logits, dim=-1) if p.logprobs else None
-        if self.json is not None:
-            logits = self.json.restrict(logits)
+        constraint = self.constraint
+        if constraint is not None and not constraint.compute():  # nothing may follow: end here
+            return TokenChoice(min(self.eos_ids, default=0))
         if p.temperature <= 0:
-            token = best if best is not None and not penalized and self.json is None else int(torch.argmax(logits))
+            if best is not None and not penalized and (constraint is None or constraint.allows(best)):
+                token = best
+            else:
+                token = int(torch.argmax(logits if constraint is None else constraint.restrict(logits)))
         else:
+            if constraint is not None:
+                logits = constraint.restrict(logits)
             probs = torch.softmax(logits / p.temperature, dim=-1)
             if p.top_p < 1.0:
                 sorted_probs, order = torch.sort(probs, descending=True)
@@ -67,8 +74,8 @@ class Sampler:
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs * keep)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
         self.counts[token] = self.counts.get(token, 0) + 1
-        if self.json is not None:
-            self.json.advance(token)
+        if constraint is not None:
+            constraint.advance(token)
         if logprobs is None:
             return TokenChoice(token)
         top = None
