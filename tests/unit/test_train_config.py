@@ -42,6 +42,7 @@ def test_label_sets_with_few_examples_per_label_get_more_epochs() -> None:
     assert auto_epochs(1200, 150)[0] == 8
     assert auto_epochs(2400, 150)[0] == 4
     assert auto_epochs(512, 7)[0] == 3  # 73 examples per label: the default
+    assert auto_epochs(256, 7) == auto_epochs(256, None)  # benchmarks/snips_eval.py resolves as before the rule
     assert auto_epochs(1200, None)[0] == 3  # free text: OpenAI's rule
     assert auto_epochs(300, 150)[0] == 10  # at most 10
     assert auto_epochs(20, 10)[0] == 5  # tiny files keep OpenAI's rule (100 // 20)
