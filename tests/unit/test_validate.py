@@ -132,6 +132,15 @@ def test_valid_tool_calling_example(tmp_path):
     assert report.ok, report.errors
 
 
+def test_parallel_tool_calls_false_allows_one_call_per_turn(tmp_path):
+    two = tool_example([call(), call(args='{"city": "Rome"}', id="c2")])
+    one = tool_example([call()])
+    report = validate_file(write(tmp_path, valid(10) + [{**one, "parallel_tool_calls": False}, two,
+                                                         {**two, "parallel_tool_calls": False}]))  # fmt: skip
+    assert codes_at(report) == [(13, "invalid_tool_call")]
+    assert "makes 2 tool calls, but parallel_tool_calls is false" in report.errors[0].message
+
+
 def test_legacy_function_calling(tmp_path):
     ex = {
         "functions": [{"name": "get_weather", "parameters": {}}],

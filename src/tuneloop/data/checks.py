@@ -186,7 +186,21 @@ def check_chat(obj: dict) -> list[Problem]:
         problems.append(Problem("invalid_tool_call", "parallel_tool_calls must be true or false"))
     if "messages" not in obj:
         return problems + [Problem("missing_messages_list", "the example has no 'messages' list")]
-    return problems + check_messages(obj["messages"], names)
+    problems += check_messages(obj["messages"], names)
+    if obj.get("parallel_tool_calls") is False and isinstance(obj["messages"], list):
+        problems += _parallel_problems(obj["messages"])
+    return problems
+
+
+def _parallel_problems(messages: list) -> list[Problem]:
+    """With ``parallel_tool_calls: false`` every assistant turn makes at most one call (as OpenAI documents)."""
+    problems = []
+    for i, msg in enumerate(messages, 1):
+        calls = msg.get("tool_calls") if isinstance(msg, dict) and msg.get("role") == "assistant" else None
+        if isinstance(calls, list) and len(calls) > 1:
+            text = f"message {i} (assistant) makes {len(calls)} tool calls, but parallel_tool_calls is false"
+            problems.append(Problem("invalid_tool_call", text))
+    return problems
 
 
 def check_preference(obj: dict) -> list[Problem]:

@@ -65,7 +65,13 @@ def content_text(content: Any) -> str:
     raise TemplateError(f"unsupported message content of type {type(content).__name__}")
 
 
-def _tool_call_text(message: Message) -> str:
+def answer_text(message: Message) -> str:
+    """An assistant message as the default format writes it: its text, then its calls (``data/tools.py``)."""
+    text, calls = content_text(message.get("content")), tool_call_text(message)
+    return (text + "\n" + calls if text else calls) if calls else text
+
+
+def tool_call_text(message: Message) -> str:
     """An assistant message's calls in the default format (``data/tools.py``), one tagged object each."""
     calls = []
     for call in message.get("tool_calls") or []:
@@ -94,9 +100,7 @@ def _template_messages(
                 if key in m:
                     msg[key] = m[key]
         elif "tool_calls" in m or "function_call" in m:
-            calls = _tool_call_text(m)
-            if calls:
-                msg["content"] = (msg["content"] + "\n" + calls) if msg["content"] else calls
+            msg["content"] = answer_text(m)
         if i in wrap:
             msg["content"] = _OPEN + msg["content"] + _CLOSE
         out.append(msg)

@@ -5,7 +5,8 @@ Names follow OpenAI Evals where one exists (``string_check``, ``text_similarity`
 returns a :class:`GradeResult`: corpus metrics, one score in [0, 1] per example (the grader's
 primary measure, used to find examples where candidates disagree) and optional details.
 
-``select_graders`` picks graders from the references (and training answers): a label set → classification;
+``select_graders`` picks graders from the references (and training answers): tool calls → the
+tool-call grader (``tool_calls.py``); a label set → classification;
 JSON objects → JSON validity and key/value F1; anything else → text similarity plus normalised
 exact match. The pairwise judge compares two candidates and lives apart (:class:`PairwiseJudge`).
 """
@@ -23,10 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from tuneloop.data.tools import TOOL_CALL_OPEN, parse_tool_calls
 from tuneloop.errors import TuneloopError
 
-GraderName = Literal["auto", "string_check", "exact", "classification", "json", "text_similarity", "judge"]
-GRADER_NAMES: tuple[str, ...] = ("auto", "string_check", "exact", "classification", "json", "text_similarity", "judge")
+GraderName = Literal["auto", "string_check", "exact", "classification", "json", "tools", "text_similarity", "judge"]
+GRADER_NAMES: tuple[str, ...] = (
+    "auto", "string_check", "exact", "classification", "json", "tools", "text_similarity", "judge"
+)  # fmt: skip
 StringOperation = Literal["eq", "ne", "like", "ilike"]
 SimilarityMetric = Literal["bleu", "rouge_l", "fuzzy_match"]
 
@@ -447,12 +451,16 @@ class TextSimilarityGrader:
 
 def detect_task(
     references: Sequence[str], train_answers: Sequence[str] = ()
-) -> Literal["json", "classification", "text"]:
-    """The kind of task the references imply: ``json``, ``classification`` or ``text``.
+) -> Literal["tools", "json", "classification", "text"]:
+    """The kind of task the references imply: ``tools``, ``json``, ``classification`` or ``text``.
+
+    References that call a tool (in the default call format, ``data/tools.py``) make a tool task.
 
     A training file's answers, when given, count with the references towards a label set
     (:func:`is_label_set`), so six held-out examples of six intents still read as labels.
     """
+    if any(TOOL_CALL_OPEN in r and parse_tool_calls(r)[1] for r in references):
+        return "tools"
     if references and all(parse_json_object(r) is not None for r in references):
         return "json"
     if is_label_set([*references, *train_answers]):
@@ -465,14 +473,20 @@ def select_graders(
     grader: str = "auto",
     operation: StringOperation = "eq",
     train_answers: Sequence[str] = (),
+    tool_check: Callable[[str, Any], bool] | None = None,
 ) -> list[Grader]:
     """The graders for a run; the first one's per-example scores are the run's primary scores.
 
     ``auto`` chooses from the references and training answers (:func:`detect_task`). ``judge``
     needs no reference grader and returns an empty list (the pairwise judge is run separately).
+    ``tool_check`` validates a graded call's arguments against its function's schema.
     """
+    from tuneloop.evals.tool_calls import ToolCallGrader  # it builds on this module's helpers
+
     if grader == "auto":
         task = detect_task(references, train_answers)
+        if task == "tools":
+            return [ToolCallGrader(tool_check)]
         if task == "json":
             return [JsonGrader()]
         if task == "classification":
@@ -486,6 +500,8 @@ def select_graders(
         return [ClassificationGrader(sorted({r.strip() for r in references}))]
     if grader == "json":
         return [JsonGrader()]
+    if grader == "tools":
+        return [ToolCallGrader(tool_check)]
     if grader == "text_similarity":
         return [TextSimilarityGrader(), ExactMatchGrader()]
     if grader == "judge":

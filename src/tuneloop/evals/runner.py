@@ -1,7 +1,9 @@
 """Run candidates over a held-out file through any OpenAI-compatible Chat Completions endpoint.
 
 Each held-out chat example is split into a prompt (every message before its last assistant
-message) and a reference (that message's text). Every candidate answers every prompt with
+message) and a reference (that message's text; its tool calls, if any, in the default call format
+of ``data/tools.py``, as the candidates' returned ``tool_calls`` are written too). An example's
+``tools`` are sent with its request. Every candidate answers every prompt with
 greedy decoding; requests of all candidates are interleaved over a small thread pool, so load
 changes on the server affect all candidates alike. Latency is the wall time of each request as
 the client sees it (with ``concurrency`` > 1 it includes queueing on a server that answers one
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuneloop.data.examples import ChatExample, DataError, load_examples
-from tuneloop.data.render import content_text
+from tuneloop.data.render import answer_text, content_text
 from tuneloop.errors import TuneloopError
 from tuneloop.evals import baseline as classical
 from tuneloop.evals.fewshot import DEFAULT_TOKEN_BUDGET, FewShotPrompter, estimate_tokens
@@ -132,6 +134,8 @@ class EvalItem:
     line: int
     prompt: list[dict[str, Any]]
     reference: str
+    #: The example's tools (OpenAI's ``tools`` list), sent with the request.
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -189,19 +193,54 @@ def load_items(path: Path, limit: int | None = None) -> list[EvalItem]:
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if last is None or last == 0:
             raise DataError(f"{path}:{example.line}: no assistant message after the prompt to use as the reference")
-        prompt = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages[:last]]
-        items.append(EvalItem(len(items), example.line, prompt, content_text(messages[last].get("content"))))
+        prompt = [_request_message(m) for m in messages[:last]]
+        items.append(EvalItem(len(items), example.line, prompt, answer_text(messages[last]), example.tools))
         if limit is not None and len(items) >= limit:
             break
     return items
 
 
+def _request_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A history message as a request carries it: text content, and its calls or call id when it has them."""
+    out = {"role": message["role"], "content": content_text(message.get("content"))}
+    for key in ("tool_calls", "tool_call_id", "name"):
+        if message.get(key):
+            out[key] = message[key]
+    return out
+
+
 def load_training_conversations(path: Path) -> list[list[dict[str, Any]]]:
-    """The conversations of a chat training file (the few-shot pool, the classical baseline's data)."""
+    """The conversations of a chat training file (the few-shot pool, the classical baseline's data).
+
+    Assistant turns that call tools read as text in the default call format (what a shot shows)."""
     fmt, examples = load_examples(path)
     if fmt != "chat":
         raise DataError(f"{path}: the training file must hold chat examples, not {fmt}")
-    return [e.messages for e in examples if isinstance(e, ChatExample)]
+    return [
+        [{**m, "content": answer_text(m)} if m.get("role") == "assistant" else m for m in e.messages]
+        for e in examples
+        if isinstance(e, ChatExample)
+    ]
+
+
+def schema_check(items: Sequence[EvalItem]) -> Callable[[str, Any], bool] | None:
+    """Checks a call's arguments against its function's JSON schema (with ``jsonschema``, ``tuneloop[eval]``)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return None
+    schemas = {
+        t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
+        for item in items
+        for t in item.tools or []
+        if isinstance(t.get("function"), dict) and "name" in t["function"]
+    }
+
+    def check(name: str, arguments: Any) -> bool:
+        schema = schemas.get(name)
+        return schema is not None and jsonschema.Draft202012Validator(schema).is_valid(arguments)
+
+    return check
 
 
 def choose_baseline(candidates: Sequence[Candidate], name: str | None = None) -> str:
@@ -246,9 +285,17 @@ def _status_message(exc: openai.APIStatusError) -> str:
 
 
 def chat_once(
-    client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int, base_url: str, label: str
+    client: openai.OpenAI,
+    model: str,
+    messages: list[dict],
+    max_tokens: int,
+    base_url: str,
+    label: str,
+    tools: list[dict] | None = None,
 ) -> tuple[str, float, int | None, int | None, str | None]:
     """One greedy chat completion: (text, latency s, prompt tokens, completion tokens, finish reason).
+
+    The text is the answer's content followed by its tool calls in the default call format.
 
     Connection failures and outright rejections (401/403/404) raise ``TuneloopError``s; other
     API errors propagate as ``openai.APIStatusError``.
@@ -257,7 +304,10 @@ def chat_once(
 
     started = time.perf_counter()
     try:
-        response = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens)
+        extra = {"tools": tools} if tools else {}
+        response = client.chat.completions.create(
+            model=model, messages=messages, temperature=0, max_tokens=max_tokens, **extra
+        )
     except openai.APITimeoutError as exc:
         raise EndpointUnreachableError(f"{label}: the server at {base_url} did not answer in time") from exc
     except openai.APIConnectionError as exc:
@@ -268,7 +318,7 @@ def chat_once(
         raise
     latency = time.perf_counter() - started
     choice = response.choices[0] if response.choices else None
-    text = (choice.message.content or "") if choice else ""
+    text = answer_text(choice.message.model_dump(exclude_none=True)) if choice else ""
     usage = response.usage
     return (
         text,
@@ -347,13 +397,15 @@ def run_eval(config: EvalConfig) -> EvalRun:
     references = [item.reference for item in items]
     pool = load_training_conversations(config.train) if config.train is not None else None
     train_answers = classical.training_pairs(pool)[1] if pool else []
-    graders = select_graders(references, config.grader, config.string_check_operation, train_answers)
+    check = schema_check(items) if any(item.tools for item in items) else None
+    graders = select_graders(references, config.grader, config.string_check_operation, train_answers, check)
     if not graders and config.judge is None:
         raise TuneloopError("the judge grader needs a judge model")
     if config.judge is not None and len(config.candidates) < 2:
         raise TuneloopError("the judge compares candidates with the baseline: give at least two candidates")
     baseline = choose_baseline(config.candidates, config.baseline)
-    labels = known_labels(references, train_answers)
+    tool_task = bool(graders) and graders[0].name == "tools"
+    labels = None if tool_task else known_labels(references, train_answers)
     prompts = {c.name: _prompts(config, c, items, pool) for c in config.candidates}
 
     clients = _Clients(config.timeout, config.max_retries)
@@ -365,7 +417,7 @@ def run_eval(config: EvalConfig) -> EvalRun:
         client = clients.get(base_url, candidate.api_key or config.api_key)
         try:
             text, latency, p, c, finish = chat_once(
-                client, candidate.model, messages, config.max_tokens, base_url, candidate.name
+                client, candidate.model, messages, config.max_tokens, base_url, candidate.name, item.tools
             )
         except openai.APIStatusError as exc:
             return ExampleResult(item.index, "", 0.0, shots=shots, error=_status_message(exc))
