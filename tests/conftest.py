@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Steps keep their thread count whatever else runs: tests compare losses and answers across runs,
+# and a reduction split over another number of threads rounds differently (tuneloop.cpu is unit-tested).
+os.environ.setdefault("TUNELOOP_ADAPTIVE_THREADS", "false")
 
 
 @pytest.fixture(autouse=True)

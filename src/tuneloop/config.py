@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     num_threads: int | None = Field(
         default=None, description="CPU threads for torch; default: the number of available cores."
     )
+    adaptive_threads: bool = Field(
+        default=True,
+        description=(
+            "Run a step (decode or training) on one thread while other work shares the cores, and on all of "
+            "them again once they are free (tuneloop.cpu): a parallel step whose threads cannot run side by "
+            "side waits at every barrier."
+        ),
+    )
+    train_nice: int = Field(
+        default=5, ge=0, le=19,
+        description="How much lower the OS priority of training runs (tuneloop train, the worker's jobs) "
+        "than serving on the same machine (a nice increment; 0: the same).",
+    )  # fmt: skip
 
     @property
     def models_dir(self) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import openai
 import pytest
 
@@ -99,5 +102,33 @@ def test_api_key_and_upload_limit(home, tmp_path):
             client.files.create(file=("big.jsonl", b"x" * 5000), purpose="fine-tune")
         assert err.value.status_code == 413
         assert client.files.list().data == []  # nothing half-stored
+    finally:
+        server.stop()
+
+
+def test_training_child_runs_at_lower_priority_with_the_configured_threads(home, tmp_path):
+    env = {"TUNELOOP_NUM_THREADS": "1", "TUNELOOP_TRAIN_NICE": "7"}
+    server = ServerProcess(home, env=env).wait_ready()
+    try:
+        client = server.client()
+        job = long_job(client, tmp_path, epochs=1)
+
+        def threads_event():
+            return next(
+                (e for e in client.fine_tuning.jobs.list_events(job.id) if e.message.startswith("Training on")), None
+            )
+
+        line = wait_for(threads_event, 120, what="the threads event")
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert line.message == f"Training on 1 CPU thread at OS priority nice {base + 7}"
+        data = line.data
+        assert data["threads"] == 1 and data["nice"] == base + 7 and data["pid"] != server.process.pid
+        try:  # seen from outside while it trains: field 19 of /proc/<pid>/stat is the niceness
+            stat = Path(f"/proc/{data['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+            assert int(stat[16]) == base + 7
+        except FileNotFoundError:
+            pass  # already finished on a fast machine
+        done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j, 240)
+        assert done.fine_tuned_model
     finally:
         server.stop()

@@ -27,6 +27,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
     options = EngineOptions(
         settings.max_batch, settings.max_queued_requests, settings.max_adapters,
         weights=settings.serve_weights, activations=settings.serve_activations,
+        adaptive_threads=settings.adaptive_threads,
     )  # fmt: skip
     state.pool = ModelPool(state.catalog, state.jobs, options)
 
@@ -67,6 +68,9 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "cached_prompt_tokens": e.cached_prompt_tokens,
                 "quantized_layers": len(e.runner.packed),  # linear layers decoded from quantized codes
                 "int8_activations": e.runner.int8_activations,  # whether they round activations to int8
+                "threads": e.governor.current,  # this step's: all, or one while the cores are shared
+                "max_threads": e.governor.threads,
+                "shared_cpu_drops": e.governor.drops,  # times steps dropped to one thread
             }
             for name, e in state.pool.engines().items()
         }

@@ -30,7 +30,10 @@ def train(
     """Fine-tune MODEL on a training file; writes OUT/adapter (LoRA) or OUT/model (full)."""
     from tqdm import tqdm
 
+    from tuneloop.cpu import set_priority
     from tuneloop.train.loop import train as run_training  # here, not at the top: it loads torch
+
+    set_priority(get_settings().train_nice)  # serving on the same machine goes first
 
     config = TrainConfig(
         model=model,

@@ -31,6 +31,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from tuneloop.cpu import ThreadGovernor
 from tuneloop.engine.grammar import GrammarConstraint, GrammarSpec, grammar_tokenizer
 from tuneloop.engine.lora_weights import LoraAdapter
 from tuneloop.engine.quantized import QuantizedWeight
@@ -142,9 +143,11 @@ class Engine:
 
     def __init__(
         self, model, tokenizer, *, max_batch: int = 16, max_len: int = 2048, max_queue: int = 64,
-        packed: dict[str, QuantizedWeight] | None = None,
+        packed: dict[str, QuantizedWeight] | None = None, adaptive_threads: bool = True,
     ):  # fmt: skip
         self.tokenizer = tokenizer
+        #: Each step's thread count (all, or one while the cores are shared; ``tuneloop.cpu``).
+        self.governor: ThreadGovernor
         self.context_length = max_len  # prompt and answer together (the KV cache's length)
         self.max_queue = max_queue
         self.waiting: collections.deque[Request] = collections.deque()
@@ -164,7 +167,10 @@ class Engine:
         self.runner: ModelRunner
         ready: Future[None] = Future()
         self.thread = threading.Thread(
-            target=self._run, args=(model, max_batch, max_len, packed, ready), name="tuneloop-engine", daemon=True
+            target=self._run,
+            args=(model, max_batch, max_len, packed, adaptive_threads, ready),
+            name="tuneloop-engine",
+            daemon=True,
         )
         self.thread.start()
         ready.result()  # re-raises the runner's failure
@@ -234,12 +240,15 @@ class Engine:
             self.wakeup.notify()
         self.thread.join()
 
-    def _run(self, model, max_batch: int, max_len: int, packed, ready: Future) -> None:
+    def _run(self, model, max_batch: int, max_len: int, packed, adaptive_threads: bool, ready: Future) -> None:
         """The engine thread. All of the model's torch work runs on it: with OpenMP (torch's CPU
         threads) a second thread that keeps its own team of worker threads would make both teams
         wait passively between parallel regions, about halving the speed of every decode step."""
+        import torch
+
         try:
             self.runner = ModelRunner(model, max_batch, max_len, packed)
+            self.governor = ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive_threads)
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -258,7 +267,9 @@ class Engine:
             self._drop_cancelled()
             try:
                 if self.active or joining:
+                    self.governor.start()
                     self._step(joining)
+                    self.governor.stop()
             except Exception as exc:  # never let one bad batch kill the engine
                 log.exception("decode step failed")
                 for request in [*self.active, *(r for r, _, _ in joining)]:

@@ -48,6 +48,7 @@ class EngineOptions:
     max_len: int = 4096
     weights: ServeWeights = "auto"  # see Settings.serve_weights
     activations: ServeActivations = "auto"  # see Settings.serve_activations
+    adaptive_threads: bool = True  # see Settings.adaptive_threads
 
 
 class ModelPool:
@@ -118,7 +119,7 @@ class ModelPool:
         packed = pack_model(model, o.weights, gguf, cache_dir=cache, activations=o.activations)
         return Engine(
             model, tokenizer, max_batch=o.max_batch, max_len=min(o.max_len, entry.context_length),
-            max_queue=o.max_queue, packed=packed,
+            max_queue=o.max_queue, packed=packed, adaptive_threads=o.adaptive_threads,
         )  # fmt: skip
 
     def engines(self) -> dict[str, Engine]:

@@ -14,7 +14,10 @@ import traceback
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+import torch
+
 from tuneloop.config import Settings
+from tuneloop.cpu import set_priority
 from tuneloop.jobs.spec import JobSpec
 from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
@@ -56,6 +59,14 @@ def step_message(m: StepMetrics) -> str:
     return text
 
 
+def threads_message(threads: int, adaptive: bool, nice: int) -> str:
+    """The job event that says how training shares the CPU."""
+    text = f"Training on {threads} CPU thread{'s' if threads != 1 else ''}"
+    if adaptive and threads > 1:
+        text += " (one while other work shares the cores)"
+    return f"{text} at OS priority nice {nice}"
+
+
 def _watch_parent(parent_pid: int) -> None:
     """Exit at once if the supervising worker dies (the job will be taken over and resumed)."""
     while True:
@@ -68,13 +79,14 @@ def run_job(settings_json: str, job_id: str, worker_id: str, stop: Event, parent
     """Child-process entry point: train ``job_id`` to completion, or until ``stop`` is set."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     settings = Settings.model_validate_json(settings_json)
+    nice = set_priority(settings.train_nice)  # serving on the same machine goes first
     engine = make_engine(settings)
     jobs, files = JobStore(engine), FileStore(engine, settings.home)
     job = jobs.get(job_id)
     if job is None:
         return
     try:
-        _train_job(settings, jobs, files, job, worker_id, stop)
+        _train_job(settings, jobs, files, job, worker_id, stop, nice)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
@@ -84,7 +96,9 @@ def run_job(settings_json: str, job_id: str, worker_id: str, stop: Event, parent
                            data={"traceback": traceback.format_exc()[-4000:]})  # fmt: skip
 
 
-def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, worker_id: str, stop: Event) -> None:
+def _train_job(
+    settings: Settings, jobs: JobStore, files: FileStore, job: Job, worker_id: str, stop: Event, nice: int
+) -> None:
     out = job_dir(settings, job.id)
     resume = latest_checkpoint(out / "checkpoints")
     if resume is None:
@@ -94,7 +108,8 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
     spec = JobSpec.of(job)
     config = spec.train_config(settings, files, out, resume=resume is not None)
     model_id = fine_tuned_model_id(spec.model, settings.org, spec.suffix, job.id)  # checkpoints share its id
-    result = train(config, _callbacks(jobs, job.id, worker_id, model_id, out), stop.is_set, settings=settings)
+    callbacks = _callbacks(jobs, job.id, worker_id, model_id, out, settings.adaptive_threads, nice)
+    result = train(config, callbacks, stop.is_set, settings=settings)
     if result.stopped:
         return  # paused or cancelled: the worker records the outcome
     if result.best_epoch is not None:
@@ -112,13 +127,18 @@ def _train_job(settings: Settings, jobs: JobStore, files: FileStore, job: Job, w
         jobs.delete_model(model_id)
 
 
-def _callbacks(jobs: JobStore, job_id: str, worker_id: str, model_id: str, out: Path) -> TrainCallbacks:
+def _callbacks(
+    jobs: JobStore, job_id: str, worker_id: str, model_id: str, out: Path, adaptive: bool, nice: int
+) -> TrainCallbacks:
     """Record the run in the job: resolved hyperparameters, step metrics and estimate, checkpoints."""
     started = time.time()
     first_step: int | None = None  # the step this attempt started from (resumes start midway)
 
     def on_start(resolved: ResolvedHyperparameters) -> None:
         jobs.update_where(job_id, worker_id=worker_id, values={"resolved": resolved.model_dump()})
+        threads = torch.get_num_threads()  # as the training loop set them up
+        data = {"threads": threads, "adaptive_threads": adaptive, "nice": nice, "pid": os.getpid()}
+        jobs.add_event(job_id, threads_message(threads, adaptive, nice), data=data)
 
     def on_step(m: StepMetrics) -> None:
         nonlocal first_step

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from tuneloop.config import Settings, get_settings
+from tuneloop.cpu import ThreadGovernor
 from tuneloop.data.estimate import AnswerProfile
 from tuneloop.data.examples import final_answer, load_examples, render_examples
 from tuneloop.data.render import ChatRenderer
@@ -100,6 +101,8 @@ class _Run:
     steps_per_epoch: int
     meta: dict[str, Any]
     csv: MetricsCSV
+    #: Each micro-batch's thread count: all, or one while other work shares the cores (``tuneloop.cpu``).
+    governor: ThreadGovernor
     step: int = 0
     elapsed: float = 0.0
     orders: dict[int, list[int]] = field(default_factory=dict)
@@ -206,7 +209,7 @@ def _train_step(run: _Run, indices: list[int], step: int) -> tuple[float, float,
     loss_sum = correct = 0.0
     for i, group in enumerate(groups):
         batch = pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device)
-        with maybe_no_sync(run.module, skip_sync=i < len(groups) - 1):
+        with run.governor, maybe_no_sync(run.module, skip_sync=i < len(groups) - 1):
             with run.autocast():
                 out = run.module(batch)
             (out.loss * scale).backward()
@@ -229,7 +232,7 @@ def _evaluate(run: _Run, indices) -> tuple[float, float, float]:
     sums = [0.0] * 5  # loss, correct tokens, labels, exact answers, examples
     run.model.eval()
     for group in micro_batches(mine, samples, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.share_prefix):
-        with run.autocast():
+        with run.governor, run.autocast():
             out = run.packed(pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device))
         for k, value in enumerate((out.loss.item(), out.correct.item(), out.labels, out.exact.item(), out.examples)):
             sums[k] += value
@@ -260,6 +263,7 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
         "trained_tokens": hp.n_epochs * sum(s.n_tokens for s in train_samples),
         "world_size": ctx.world_size,
         "device": str(ctx.device),
+        "threads": torch.get_num_threads(),
     }
     run = _Run(
         config=config,
@@ -276,7 +280,9 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
         steps_per_epoch=per_epoch,
         meta=meta,
         csv=MetricsCSV(config.output_dir / "metrics.csv"),
-    )
+        governor=ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive=settings.adaptive_threads
+                                and ctx.device.type == "cpu" and ctx.local_world_size == 1),
+    )  # fmt: skip
     if resume is not None:
         _restore(run, resume)
     if ctx.is_main:
