@@ -34,10 +34,18 @@ class Settings(BaseSettings):
         default=None, description="When set, every HTTP route but the health check requires this Bearer key."
     )
     max_upload_bytes: int = Field(default=512 * 1024**2, description="Largest accepted file upload.")
+    max_request_bytes: int = Field(
+        default=16 * 1024**2, description="Largest accepted request body other than a file upload."
+    )
     worker_stale_seconds: float = Field(
         default=60.0, description="A running job whose worker has not heartbeated for this long is taken over."
     )
     worker_poll_seconds: float = Field(default=1.0, description="How often a worker looks for work and requests.")
+    max_job_attempts: int = Field(
+        default=3, ge=1,
+        description="Times a job runs before it fails when its training process dies (killed, out of memory): "
+        "each retry resumes from the latest checkpoint.",
+    )  # fmt: skip
     max_batch: int = Field(default=16, description="Sequences decoded together per base model.")
     max_queued_requests: int = Field(default=64, description="Requests waiting per model before answering 429.")
     max_adapters: int = Field(default=8, description="LoRA adapters kept loaded (least recently used evicted).")

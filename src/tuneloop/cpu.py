@@ -8,11 +8,14 @@ serving beside a training run kept 1% of its idle speed, and the training run 2%
 training micro-batch) and runs the next one with all threads or with one (no barriers at all):
 
 * the machine's count of running threads (``procs_running`` in ``/proc/stat``, sampled after steps
-  at most every 10 ms) less this process's own says how many other threads want the cores; when
-  on average half a thread or more does, steps drop to one thread, and when, over half a second
-  on one thread, the others leave room for all threads again, steps go back to all;
+  at most every 20 ms) less this process's threads in state R says how many other threads want
+  the cores; when on average half a thread or more does, steps drop to one thread, and when, after
+  half a second on one thread, the others leave room for all threads again, steps go back to all;
 * a long step (a training micro-batch) whose process got less than 80% CPU time per thread drops
-  at once: contended, the next one could take a minute.
+  at once: contended, the next one could take a minute;
+* every drop is a trial: when the first steps on one thread are not faster (seconds per row) than
+  the last ones on all threads (the other threads were a client, a short burst), all threads come back and the
+  next drop waits 1, 2, 4 … up to 30 s, so an idle machine keeps its speed.
 
 Two processes governed so (a server and a training run) settle on one thread each, side by side.
 """
@@ -29,12 +32,14 @@ from dataclasses import dataclass, field
 MIN_SHARE = 0.8
 #: A step this long (seconds) decides alone (a training micro-batch).
 LONG_STEP = 0.25
-#: Other running threads, on average, at which steps drop to one thread.
+#: Other processes' running threads, on average, at which steps drop to one thread.
 OTHERS_DROP = 0.5
 #: Samples of the running threads that decide, at least; and the seconds between two.
-MIN_SAMPLES, SAMPLE_SECONDS = 8, 0.01
+MIN_SAMPLES, SAMPLE_SECONDS = 8, 0.02
 #: Seconds on one thread before all threads may come back.
 SINGLE_SECONDS = 0.5
+#: Seconds without a drop after a failed trial, the first time and at most (doubling between).
+HOLD_SECONDS, MAX_HOLD_SECONDS = 1.0, 30.0
 
 
 def available_cores() -> int:
@@ -43,15 +48,21 @@ def available_cores() -> int:
 
 
 def running_threads() -> int | None:
-    """Threads running or ready to run on the whole machine now (``procs_running``); None where unknown."""
+    """Threads of *other* processes running or ready to run now: the machine's ``procs_running``
+    less this process's threads in state R; None where unknown (not Linux)."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("procs_running"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+            machine = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
+        mine = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                    mine += f.read().rsplit(")", 1)[1].split(None, 1)[0] == "R"
+            except OSError:
+                continue  # the thread ended
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return max(0, machine - mine)
 
 
 def set_priority(nice: int) -> int:
@@ -78,20 +89,26 @@ class ThreadGovernor:
     adaptive: bool = True
     #: (wall seconds, process CPU seconds) now.
     clock: Callable[[], tuple[float, float]] = lambda: (time.perf_counter(), time.process_time())
-    #: The machine's running threads now (:func:`running_threads`).
+    #: Other processes' running threads now (:func:`running_threads`).
     running: Callable[[], int | None] = lambda: running_threads()
     cores: int = field(default_factory=lambda: available_cores())
     current: int = 0
     #: How many times steps dropped to one thread.
     drops: int = 0
     _others: deque = field(default_factory=lambda: deque(maxlen=2 * MIN_SAMPLES))
+    #: Wall seconds per unit of work of the last steps on the current thread count.
+    _walls: deque = field(default_factory=lambda: deque(maxlen=MIN_SAMPLES))
     _step: tuple[float, float] = (0.0, 0.0)
     _sampled: float = 0.0
     _since: float = 0.0
+    #: A drop on trial: the median step (per unit of work) on all threads that one thread must beat.
+    _trial: float | None = None
+    _hold_until: float = 0.0
+    _hold: float = HOLD_SECONDS
 
     def __post_init__(self) -> None:
         self.threads = max(1, min(self.threads, self.cores)) if self.adaptive else max(1, self.threads)
-        self._use(self.threads, time.perf_counter())
+        self._use(self.threads, self.clock()[0])
 
     @property
     def shared(self) -> bool:
@@ -108,21 +125,25 @@ class ThreadGovernor:
     def start(self) -> None:
         self._step = self.clock()
 
-    def stop(self) -> None:
+    def stop(self, work: int = 1) -> None:
+        """End a step that did ``work`` units (a decode step's rows: trials compare seconds per unit)."""
         if not self.adaptive or self.threads == 1:
             return None
         now, cpu = self.clock()
         wall, full = now - self._step[0], self.current == self.threads
+        self._walls.append(wall / max(1, work))
         if full and wall >= LONG_STEP and (cpu - self._step[1]) / wall < MIN_SHARE * self.current:
             return self._drop(now)
+        if self._trial is not None and len(self._walls) == self._walls.maxlen:
+            return self._judge(now)
         if now - self._sampled < SAMPLE_SECONDS or (running := self.running()) is None:
             return None
         self._sampled = now
-        self._others.append(max(0, running - self.current))
+        self._others.append(running)
         if len(self._others) < MIN_SAMPLES:
             return None
         others = sum(self._others) / len(self._others)
-        if full and others >= OTHERS_DROP:
+        if full and others >= OTHERS_DROP and now >= self._hold_until:
             self._drop(now)
         elif not full and now - self._since >= SINGLE_SECONDS and self.cores - others > self.threads - OTHERS_DROP:
             self._use(self.threads, now)
@@ -130,11 +151,23 @@ class ThreadGovernor:
 
     def _drop(self, now: float) -> None:
         self.drops += 1
+        self._trial = sorted(self._walls)[len(self._walls) // 2]
         self._use(1, now)
+
+    def _judge(self, now: float) -> None:
+        """End a drop's trial: keep one thread if its steps are faster, else all threads for a while."""
+        single, full, self._trial = sorted(self._walls)[len(self._walls) // 2], self._trial, None
+        if single < full:
+            self._hold = HOLD_SECONDS
+            return
+        self._hold_until = now + self._hold
+        self._hold = min(2 * self._hold, MAX_HOLD_SECONDS)
+        self._use(self.threads, now)
 
     def _use(self, n: int, now: float) -> None:
         if n != self.current:
             self.apply(n)
             self.current = n
             self._others.clear()
+            self._walls.clear()
             self._since = now

@@ -7,6 +7,8 @@ removed and the destination is untouched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -95,3 +97,34 @@ def write_atomic(dest: Path, data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``dest`` atomically."""
     with AtomicWriter(dest) as out:
         out.file.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+#: Beside a folder's files (a trained adapter's weights): their sha256, checked when they are read.
+CHECKSUMS_FILE = "checksums.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path, names: list[str]) -> None:
+    """Record the sha256 of ``folder``'s files ``names`` (those present) in its ``checksums.json``."""
+    sums = {name: file_sha256(folder / name) for name in names if (folder / name).is_file()}
+    write_atomic(folder / CHECKSUMS_FILE, json.dumps(sums, indent=2))
+
+
+def changed_since_checksummed(folder: Path) -> list[str]:
+    """The files of ``folder`` whose bytes differ from its ``checksums.json`` (an unreadable record
+    counts as every file changed); none where it has no record."""
+    record = folder / CHECKSUMS_FILE
+    if not record.is_file():
+        return []
+    try:
+        sums = json.loads(record.read_text(encoding="utf-8"))
+        return [n for n, sha in sums.items() if not (folder / n).is_file() or file_sha256(folder / n) != sha]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return [p.name for p in folder.iterdir() if p.name != CHECKSUMS_FILE]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import openai
@@ -63,6 +64,35 @@ def test_killed_worker_job_resumes_from_checkpoint(home, tmp_path):
         for p in (first, second, server):
             if p is not None:
                 p.stop()
+
+
+def test_killed_training_child_is_retried_from_its_checkpoint_with_every_step_once(home, tmp_path):
+    server = ServerProcess(home).wait_ready()
+    try:
+        client = server.client()
+        job = long_job(client, tmp_path)
+
+        def training_event():
+            return next((e for e in client.fine_tuning.jobs.list_events(job.id) if e.message.startswith("Training")),
+                        None)  # fmt: skip
+
+        started = wait_for(training_event, 120, what="the training child")
+        wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, 180, what="first checkpoint")
+        os.kill(started.data["pid"], signal.SIGKILL)  # the OOM killer, a stray kill: the server lives on
+        done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                        300)  # fmt: skip
+        assert done.status == "succeeded", done.error
+        log = events(client, job.id)
+        assert any(m.startswith("The training process was killed (SIGKILL); retrying from the latest checkpoint "
+                                "(attempt 2 of 3)") for m in log), log  # fmt: skip
+        assert any(m.startswith("Fine-tuning job resumed from checkpoint step-") for m in log), log
+        steps = [int(m.split()[1].split("/")[0]) for m in log if m.startswith("Step ")]
+        assert steps == list(range(1, 101)), "every step exactly once across the kill"
+        checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+        card = client.models.retrieve(checkpoint.fine_tuned_model_checkpoint)  # a checkpoint is a model
+        assert card.id == checkpoint.fine_tuned_model_checkpoint and card.owned_by
+    finally:
+        server.stop()
 
 
 def test_pause_and_resume(home, tmp_path):

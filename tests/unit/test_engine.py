@@ -14,6 +14,7 @@ from tuneloop.engine.engine import (
     Detokenizer,
     Engine,
     FinishEvent,
+    QueueFullError,
     Request,
     TokenEvent,
     token_budget,
@@ -292,3 +293,48 @@ def test_a_constrained_request_leaves_its_batch_neighbours_alone(tiny):
     for text in texts:
         value = json.loads(text)
         assert set(value) == {"on", "room"} and value["room"] in ("hall", "kitchen")
+
+
+def test_a_request_whose_sampling_fails_ends_alone(tiny):
+    """One request's sampler raising (any device, any cause) ends that request with an error; the
+    request decoding beside it in the same steps gets the tokens it gets alone."""
+    prompts = [SHARED + [3], SHARED + [4]]
+    engine = Engine(*tiny, max_batch=4, max_len=512)
+    try:
+        good, broken = make_request(tiny[1], prompts[0]), make_request(tiny[1], prompts[1])
+        finish: list = []
+        calls = 0
+
+        def fail_on_third(logits, best=None):
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise RuntimeError("penalty kernel failed")
+            return Sampler.choose(broken[0].sampler, logits, best)
+
+        broken[0].sampler.choose = fail_on_third
+        on_event = broken[0].on_event
+        broken[0].on_event = lambda event: (finish.append(event) if isinstance(event, FinishEvent) else None,
+                                            on_event(event))  # fmt: skip
+        engine.submit(good[0], broken[0])
+        assert good[2].wait(60) and broken[2].wait(60)
+    finally:
+        engine.close()
+    assert good[1] == alone(tiny, prompts[0])
+    assert len(broken[1]) == 2 and finish[0].reason == "error" and "penalty kernel failed" in finish[0].error
+
+
+def test_submit_queues_all_requests_or_none(tiny):
+    engine = Engine(*tiny, max_batch=1, max_len=512, max_queue=3)
+    try:
+        blocker = make_request(tiny[1], SHARED + [3], n=400)
+        engine.submit(blocker[0])
+        queued = [make_request(tiny[1], SHARED + [i]) for i in range(4, 6)]
+        engine.submit(*(r for r, _, _ in queued))
+        with pytest.raises(QueueFullError):  # 2 more would make 4 waiting: none of them is queued
+            engine.submit(*(make_request(tiny[1], SHARED + [i])[0] for i in range(6, 8)))
+        assert len(engine.waiting) + len(engine.pending) + len(engine.active) <= 3
+        blocker[0].cancelled.set()
+        assert all(done.wait(60) for _, _, done in queued)
+    finally:
+        engine.close()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneloop import __version__
 from tuneloop.api import chat, completions, files, fine_tuning, models
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
     """Build the app; with ``run_worker`` the server also runs one job worker in a thread."""
     state = AppState.open(settings)
+    if removed := state.files.blobs.clear_leftovers():
+        log.info("removed %d partial uploads left by a crash", removed)
     options = EngineOptions(
         settings.max_batch, settings.max_queued_requests, settings.max_adapters,
         weights=settings.serve_weights, activations=settings.serve_activations,
@@ -82,7 +86,12 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
 
 
 class RequestGuard:
-    """Checks the API key and the declared body size before a request reaches a route.
+    """Checks the API key and the body size before a request reaches a route.
+
+    The body limit (``max_request_bytes``; for ``POST /v1/files`` the upload limit plus room for the
+    form's fields) holds however the body comes: a declared ``Content-Length`` over it is refused at
+    once, and the bytes of a chunked body are counted as they arrive, the request failing with 413
+    as soon as they pass it (nothing more is read).
 
     Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` relays
     every chunk of a streamed response through a task and a memory stream of its own, which at 16
@@ -91,18 +100,55 @@ class RequestGuard:
 
     def __init__(self, app: ASGIApp, settings: Settings):
         self.app, self.settings = app, settings
+        self.key = f"bearer {settings.api_key}".encode() if settings.api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (refusal := self._refusal(scope)) is not None:
-            return await refusal(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self._unauthorised(scope["path"], headers.get(b"authorization", b"")):
+            response = error_response(401, "Incorrect API key provided.", code="invalid_api_key")
+            return await response(scope, receive, send)
+        limit = self.body_limit(scope)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await BodyTooLarge(limit).response()(scope, receive, send)
+        seen = 0
 
-    def _refusal(self, scope: Scope) -> JSONResponse | None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        key = self.settings.api_key
-        if key and scope["path"] not in ("/health", "/v1/health") and headers.get("authorization") != f"Bearer {key}":
-            return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.settings.max_upload_bytes + 1024**2:
-            return error_response(413, f"Request body larger than {self.settings.max_upload_bytes:,} bytes.")
-        return None
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)  # answered by the route's error handlers
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _unauthorised(self, path: str, given: bytes) -> bool:
+        """Whether the request lacks the API key (the scheme's case aside; compared in constant time)."""
+        if self.key is None or path in ("/health", "/v1/health"):
+            return False
+        scheme, _, token = given.partition(b" ")
+        return not hmac.compare_digest(scheme.lower() + b" " + token.strip(), self.key)
+
+    def body_limit(self, scope: Scope) -> int:
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
+            return self.settings.max_upload_bytes + FORM_OVERHEAD
+        return self.settings.max_request_bytes
+
+
+#: Room in an upload's body for the multipart form around the file (boundaries, headers, purpose).
+FORM_OVERHEAD = 64 * 1024
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over the limit (raised while it is read: routes answer it as they answer HTTP errors)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"Request body larger than {limit:,} bytes.")
+        self.code = "request_too_large"
+
+    def response(self) -> JSONResponse:
+        return error_response(413, self.detail, code=self.code)

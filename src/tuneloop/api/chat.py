@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -43,15 +44,16 @@ async def chat_completions(state: State, body: ChatRequest, http: Request):
     messages, tools = body.rendered_messages(), body.rendered_tools()
     body.grammar()  # a bad schema or tool choice is a 400 before any model loads
     target = await run_in_threadpool(generation.resolve_target, state.pool, body.model)
-    try:
-        prompt = ChatRenderer(target.engine.tokenizer).render_prompt(messages, tools)
+    generation.check_chars(target, generation.text_chars([messages, tools]), "messages")
+    try:  # rendering and tokenising take a while for long prompts: not on the event loop
+        prompt = await run_in_threadpool(ChatRenderer(target.engine.tokenizer).render_prompt, messages, tools)
     except TemplateError as exc:
         raise APIError(400, str(exc), param="messages") from exc
     max_tokens = generation.check_context(target, prompt, body.max_completion_tokens or body.max_tokens)
     params = body.sampling(max_tokens)
     if params.grammar is not None:
         await generation.check_grammar(target, params.grammar)
-    stream = generation.start(target, prompt, params, body.n)
+    stream = generation.start(target, [(prompt, params)], body.n)
     outputs = [ChoiceOutput(body.calls_tools()) for _ in range(body.n)]
     meta = {"id": random_id("chatcmpl-"), "created": int(time.time()), "model": body.model}
     if body.stream:
@@ -67,17 +69,18 @@ async def _collect(
     finish: list[str | None] = [None] * n
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
     completion_tokens = 0
-    async for index, event in generation.events(stream, http):
-        if isinstance(event, TokenEvent):
-            outputs[index].deltas(event.text)
-            if (entry := token_logprob(target.engine.tokenizer, event)) is not None:
-                logprobs[index].append(entry)
-        else:
-            if event.reason == "error":
-                raise generation_failed(event.error)
-            outputs[index].finish()
-            finish[index] = outputs[index].finish_reason(event.reason)
-            completion_tokens += event.completion_tokens
+    async with aclosing(generation.events(stream, http)) as events:  # closed: a failure stops every choice
+        async for index, event in events:
+            if isinstance(event, TokenEvent):
+                outputs[index].deltas(event.text)
+                if (entry := token_logprob(target.engine.tokenizer, event)) is not None:
+                    logprobs[index].append(entry)
+            else:
+                if event.reason == "error":
+                    raise generation_failed(event.error)
+                outputs[index].finish()
+                finish[index] = outputs[index].finish_reason(event.reason)
+                completion_tokens += event.completion_tokens
     wants_logprobs = stream.requests[0].params.logprobs
     choices = [
         Choice(

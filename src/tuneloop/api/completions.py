@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -37,20 +38,20 @@ async def completions(state: State, body: CompletionRequest, http: Request):
     prompts = body.prompts()
     target = await run_in_threadpool(generation.resolve_target, state.pool, body.model)
     tokenizer = target.engine.tokenizer
+    generation.check_chars(target, max(map(len, prompts)), "prompt")
+    ids = await run_in_threadpool(lambda: [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts])
+    # every prompt is checked before any starts: a request that fails leaves nothing running
+    starts = [(p, body.sampling(generation.check_context(target, p, body.max_tokens, "prompt"))) for p in ids]
+    stream = generation.start(target, starts, body.n)
     meta = {"id": random_id("cmpl-"), "created": int(time.time()), "model": body.model}
-    streams, prompt_tokens = [], 0
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        prompt_tokens += len(ids)
-        params = body.sampling(generation.check_context(target, ids, body.max_tokens))
-        streams.append(generation.start(target, ids, params, body.n))
     if body.stream:
-        return StreamingResponse(_stream(streams[0], meta, http), media_type="text/event-stream")
-    choices, completion_tokens = [], 0
-    for p_index, stream in enumerate(streams):
-        texts, finish = [""] * body.n, [None] * body.n
-        logprobs = [CompletionLogprobs() for _ in range(body.n)]
-        async for index, event in generation.events(stream, http):
+        return StreamingResponse(_stream(stream, meta, http), media_type="text/event-stream")
+    n = len(stream.requests)
+    texts, finish = [""] * n, [None] * n
+    logprobs = [CompletionLogprobs() for _ in range(n)]
+    completion_tokens = 0
+    async with aclosing(generation.events(stream, http)) as events:  # closed: a failure stops every choice
+        async for index, event in events:
             if isinstance(event, TokenEvent):
                 logprobs[index].add(tokenizer, event, len(texts[index]))
                 texts[index] += event.text
@@ -59,11 +60,12 @@ async def completions(state: State, body: CompletionRequest, http: Request):
                     raise generation_failed(event.error)
                 finish[index] = event.reason
                 completion_tokens += event.completion_tokens
-        choices += [
-            CompletionChoice(index=p_index * body.n + i, text=texts[i], finish_reason=finish[i],
-                             logprobs=logprobs[i] if body.logprobs is not None else None)
-            for i in range(body.n)
-        ]  # fmt: skip
+    choices = [
+        CompletionChoice(index=i, text=texts[i], finish_reason=finish[i],
+                         logprobs=logprobs[i] if body.logprobs is not None else None)
+        for i in range(n)
+    ]  # fmt: skip
+    prompt_tokens = sum(map(len, ids))
     usage = Usage.of(prompt_tokens, completion_tokens)
     return Completion(**meta, choices=choices, usage=usage)
 

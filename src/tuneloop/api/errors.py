@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+log = logging.getLogger(__name__)
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
@@ -76,7 +82,16 @@ def model_not_found(model: str, detail: str | None = None) -> APIError:
 
 def generation_failed(error: str | None) -> APIError:
     """The 500 for a request the engine could not finish."""
-    return APIError(500, f"Generation failed: {error}")
+    return APIError(500, f"Generation failed: {redact_paths(error or 'unknown error')}")
+
+
+_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"`:,;()]+/)+([^\s/'\"`:,;()]*)")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with each absolute file path shortened to its last part: messages never show where
+    the server keeps its files or its code."""
+    return _PATH.sub(lambda m: m.group(1) or "…", text)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -88,7 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail), code=getattr(exc, "code", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -99,9 +114,14 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(
                 400, f"Unsupported parameter: '{param}' is not supported by tuneloop.", param, "unsupported_parameter"
             )
+        if first.get("type") == "json_invalid":  # loc holds a character offset, not a parameter
+            reason = first.get("ctx", {}).get("error", "not valid JSON")
+            return error_response(400, f"We could not parse the JSON body of your request ({reason}).",
+                                  code="invalid_json")  # fmt: skip
         message = f"Invalid value for '{param}': {first.get('msg', 'invalid request')}" if param else str(exc)
-        return error_response(400, message, param=param, code="invalid_value")
+        return error_response(400, redact_paths(message), param=param, code="invalid_value")
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, f"Internal server error: {type(exc).__name__}: {exc}")
+        log.error("request failed", exc_info=exc)
+        return error_response(500, f"Internal server error ({type(exc).__name__}); the server's log has the details.")

@@ -25,7 +25,7 @@ def _file(record: FileRecord) -> FileObject:
 def upload_file(state: State, file: UploadFile = File(...), purpose: str = Form(...)) -> FileObject:
     if purpose not in PURPOSES or purpose == "fine-tune-results":
         raise APIError(400, f"Invalid purpose '{purpose}'.", param="purpose", code="invalid_value")
-    filename = file.filename or "upload"
+    filename = (file.filename or "").replace("\\", "/").rsplit("/", 1)[-1] or "upload"  # a name, not a path
     if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
         raise APIError(400, "Fine-tuning files must be .jsonl files.", param="file", code="invalid_file_format")
     try:
@@ -60,6 +60,10 @@ def retrieve_file(state: State, file_id: str) -> FileObject:
 
 @router.delete("/files/{file_id}")
 def delete_file(state: State, file_id: str) -> Deleted:
+    if users := state.jobs.active_using(file_id):  # the job would fail later without its data
+        job, status = users[0]
+        raise APIError(409, f"File '{file_id}' is in use by fine-tuning job {job} ({status}); delete it once the "
+                       "job has ended, or cancel the job first.", param="file_id", code="file_in_use")  # fmt: skip
     if not state.files.delete(file_id):
         raise not_found("file", file_id, param="file_id")
     return Deleted(id=file_id, object="file")
@@ -70,4 +74,5 @@ def file_content(state: State, file_id: str) -> FileResponse:
     record = state.files.get(file_id)
     if record is None:
         raise not_found("file", file_id, param="file_id")
-    return FileResponse(state.files.path(record), media_type="application/octet-stream", filename=record.filename)
+    filename = record.filename.replace("\\", "/").rsplit("/", 1)[-1] or "file"  # never a path
+    return FileResponse(state.files.path(record), media_type="application/octet-stream", filename=filename)

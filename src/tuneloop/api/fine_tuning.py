@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from tuneloop.api.errors import APIError, model_not_found, not_found
+from tuneloop.api.protocol import RequestBody
 from tuneloop.api.state import AppState, get_state
 from tuneloop.errors import ModelNotFoundError
 from tuneloop.jobs.spec import JobSpec, Metadata, Seed, Suffix, TrainingMethod
@@ -43,7 +44,7 @@ class Method(BaseModel):
     reinforcement: dict | None = None
 
 
-class CreateJobRequest(BaseModel):
+class CreateJobRequest(RequestBody):
     """POST /fine_tuning/jobs body (plus tuneloop's ``training_method``: lora or full)."""
 
     model_config = ConfigDict(extra="forbid")

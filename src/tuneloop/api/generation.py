@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from fastapi import Request as HTTPRequest
 from fastapi.concurrency import run_in_threadpool
 
-from tuneloop.api.errors import APIError, model_not_found
+from tuneloop.api.errors import APIError, model_not_found, redact_paths
 from tuneloop.engine.engine import (
     ContextLengthError,
     Engine,
@@ -27,7 +27,7 @@ from tuneloop.engine.grammar import GrammarError, GrammarSpec
 from tuneloop.engine.lora_weights import LoraAdapter
 from tuneloop.engine.model_pool import ModelPool, ResolvedModel
 from tuneloop.engine.sampling import SamplingParams
-from tuneloop.errors import ModelNotFoundError
+from tuneloop.errors import ModelNotFoundError, TuneloopError
 
 
 @dataclass
@@ -45,20 +45,51 @@ def resolve_target(pool: ModelPool, model: str) -> Target:
         resolved = pool.resolve(model)
     except ModelNotFoundError as exc:
         raise model_not_found(model) from exc
-    engine, adapter = pool.acquire(resolved)
+    try:
+        engine, adapter = pool.acquire(resolved)
+    except (TuneloopError, OSError) as exc:  # damaged or missing files: say so, but not where they are
+        reason = redact_paths(str(exc)).rstrip(".")
+        raise APIError(500, f"The model `{model}` cannot be served: {reason}.", param="model",
+                       code="model_load_failed") from exc  # fmt: skip
     return Target(resolved, engine, adapter, min(pool.context_length(resolved), engine.context_length))
 
 
-def check_context(target: Target, prompt_ids: list[int], max_tokens: int | None) -> int:
+#: Characters a prompt may hold per token of the model's context: past this a prompt cannot fit,
+#: whatever it says, and is refused before it is tokenised (tokenising megabytes takes seconds).
+CHARS_PER_TOKEN = 32
+
+
+def text_chars(value: object) -> int:
+    """The characters of every string in a request's messages (or prompts, tools): nested
+    dicts and lists included."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(text_chars(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(text_chars(v) for v in value)
+    return 0
+
+
+def check_chars(target: Target, chars: int, param: str) -> None:
+    """A 400 ``context_length_exceeded`` for a prompt of more characters than the context can hold."""
+    limit = target.context_length * CHARS_PER_TOKEN
+    if chars > limit:
+        raise APIError(400, f"This model's maximum context length is {target.context_length} tokens, at most "
+                       f"{limit:,} characters; your request has {chars:,}. Please reduce the length of the "
+                       f"{param}.", param=param, code="context_length_exceeded")  # fmt: skip
+
+
+def check_context(target: Target, prompt_ids: list[int], max_tokens: int | None, param: str = "messages") -> int:
     """The token budget of a request (``engine.token_budget``); 400 when the prompt does not fit the context."""
     try:
         return token_budget(target.context_length, len(prompt_ids), max_tokens)
     except ContextLengthError as exc:
-        raise _too_long(exc) from exc
+        raise _too_long(exc, param) from exc
 
 
-def _too_long(exc: ContextLengthError) -> APIError:
-    return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+def _too_long(exc: ContextLengthError, param: str = "messages") -> APIError:
+    return APIError(400, str(exc), param=param, code="context_length_exceeded")
 
 
 async def check_grammar(target: Target, spec: GrammarSpec) -> None:
@@ -115,28 +146,30 @@ class _Mailbox:
 _MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
 
 
-def start(target: Target, prompt_ids: list[int], params: SamplingParams, n: int) -> Stream:
-    """Submit ``n`` sequences for one prompt (seeds ``seed + i``) and return their event stream."""
+def start(target: Target, prompts: list[tuple[list[int], SamplingParams]], n: int) -> Stream:
+    """Submit ``n`` sequences for each (prompt, sampling) pair (seeds ``seed + i``; choice index
+    ``prompt * n + i``) and return their event stream. All or nothing: when one cannot start
+    (too long, a bad grammar, no room in the queue), none is queued."""
     loop = asyncio.get_running_loop()
     mailbox = _MAILBOXES.get(loop) or _MAILBOXES.setdefault(loop, _Mailbox(loop))
     stream = Stream()
+    params = prompts[0][1]
     try:
-        for i in range(n):
-            p = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
+        for p_index, (prompt_ids, params) in enumerate(prompts):
+            for i in range(n):
+                p = params if params.seed is None or i == 0 else replace(params, seed=params.seed + i)
 
-            def deliver(event: Event, index: int = i) -> None:
-                mailbox.post(stream.queue, (index, event))
+                def deliver(event: Event, index: int = p_index * n + i) -> None:
+                    mailbox.post(stream.queue, (index, event))
 
-            stream.requests.append(target.engine.generate(prompt_ids, p, target.adapter, deliver))
+                stream.requests.append(target.engine.request(prompt_ids, p, target.adapter, deliver))
+        target.engine.submit(*stream.requests)
     except QueueFullError as exc:
-        stream.cancel()
         raise APIError(429, f"Too many requests queued for this model ({exc}); retry shortly.",
                        code="rate_limit_exceeded", headers={"retry-after": "1"}) from exc  # fmt: skip
     except ContextLengthError as exc:
-        stream.cancel()
         raise _too_long(exc) from exc
     except GrammarError as exc:
-        stream.cancel()
         raise _bad_grammar(params.grammar, exc) from exc
     return stream
 

@@ -35,6 +35,10 @@ def retrieve_model(state: State, model: str) -> ModelCard:
     row = state.jobs.get_model(model)
     if row is not None:
         return _fine_tuned(row, state.settings.org)
+    ckpt = state.jobs.checkpoint_by_model_id(model)  # a checkpoint serves as a model: it is one
+    job = state.jobs.get(ckpt.job_id) if ckpt is not None else None
+    if job is not None and state.pool.exists(model):
+        return ModelCard(id=model, created=ckpt.created_at, owned_by=state.settings.org, parent=job.model)
     try:
         return _base(state.catalog.get(model))
     except ModelNotFoundError as exc:

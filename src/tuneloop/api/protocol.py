@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from tuneloop.api.errors import APIError
 from tuneloop.engine.engine import TokenEvent
@@ -49,7 +49,38 @@ def sse_error(exc: APIError) -> str:
 # --- requests ---------------------------------------------------------------------------------------
 
 
-class SamplingRequest(BaseModel):
+def invalid_unicode(value: object, where: str = "") -> str | None:
+    """Where in a decoded JSON body a string is not valid Unicode (a lone surrogate such as the
+    escape ``"\\ud800"``, which no tokenizer or database can take), as ``messages[0].content``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = invalid_unicode(key, where) or invalid_unicode(item, f"{where}.{key}".lstrip("."))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := invalid_unicode(item, f"{where}[{i}]")) is not None:
+                return found
+    return None
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: any string in it that is not valid Unicode is a 400 naming where."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if (where := invalid_unicode(data)) is not None:
+            raise _invalid(f"Invalid value for '{where}': the text is not valid Unicode (a lone surrogate).", where)
+        return data
+
+
+class SamplingRequest(RequestBody):
     """What chat and completions requests share; any field not declared is answered with a 400."""
 
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +90,7 @@ class SamplingRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     stream: bool = False
@@ -274,10 +305,14 @@ class ChatRequest(SamplingRequest):
                     400, f"Invalid value for 'messages[{i}].role': '{m.role}'. Supported roles: {', '.join(ROLES)}.",
                     param=f"messages[{i}].role", code="invalid_value",
                 )  # fmt: skip
-            if isinstance(m.content, list) and any(p.get("type") != "text" for p in m.content):
-                raise APIError(
-                    400, f"messages[{i}]: only text content parts are supported.", param=f"messages[{i}].content"
-                )
+            if isinstance(m.content, list):
+                for j, part in enumerate(m.content):
+                    if part.get("type") != "text":
+                        raise APIError(400, f"messages[{i}]: only text content parts are supported.",
+                                       param=f"messages[{i}].content[{j}].type", code="invalid_value")  # fmt: skip
+                    if not isinstance(part.get("text"), str):
+                        raise _invalid(f"Invalid value for 'messages[{i}].content[{j}].text': a text part's text "
+                                       "must be a string.", f"messages[{i}].content[{j}].text")  # fmt: skip
             role = "system" if m.role == "developer" else m.role
             message: dict[str, Any] = {"role": role, "content": m.content or ""}
             if m.tool_calls and m.role != "assistant":

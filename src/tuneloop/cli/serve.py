@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import typer
 
@@ -21,7 +22,11 @@ def serve(
     from tuneloop.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(get_settings(), run_worker=worker)
+    settings = get_settings()
+    # the server's temporary files (an upload being received spools past 1 MB) stay inside its home
+    tempfile.tempdir = str(settings.home / "tmp")
+    (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
+    app = create_app(settings, run_worker=worker)
     # on SIGTERM/Ctrl-C: open requests get 30 s to finish, then the engines cancel what is left
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 

@@ -14,9 +14,9 @@ with its prompt under the same adapter, and prefills only the rest: a system pro
 of few-shot examples common to many requests is computed once, and a chat's next turn reuses
 the previous one.
 
-``Engine.generate`` is the one way in: it checks that the prompt fits the context, caps the answer
-at the room left, builds the request's sampler (with its grammar constraint, ``engine/grammar.py``)
-and detokenizer, and queues it.
+``Engine.request`` builds a request: it checks that the prompt fits the context, caps the answer at
+the room left, builds the request's sampler (with its grammar constraint, ``engine/grammar.py``)
+and detokenizer; ``Engine.submit`` queues requests, all or none (``Engine.generate`` does both).
 """
 
 from __future__ import annotations
@@ -179,21 +179,27 @@ class Engine:
         self, prompt_ids: Sequence[int], params: SamplingParams, adapter: LoraAdapter | None,
         on_event: Callable[[Event], None],
     ) -> Request:  # fmt: skip
-        """Queue a sequence to generate after ``prompt_ids``; its events go to ``on_event`` (on the
-        engine thread). ``params.max_tokens`` is capped at the room the prompt leaves in the context.
+        """Queue a sequence to generate after ``prompt_ids`` (:meth:`request`, then :meth:`submit`)."""
+        request = self.request(prompt_ids, params, adapter, on_event)
+        self.submit(request)
+        return request
 
-        Raises ContextLengthError when the prompt leaves no room, QueueFullError when too many wait,
-        GrammarError when ``params.grammar`` cannot be used. Set the returned request's ``cancelled``
-        to stop it."""
+    def request(
+        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: LoraAdapter | None,
+        on_event: Callable[[Event], None],
+    ) -> Request:  # fmt: skip
+        """A sequence to generate after ``prompt_ids``, ready to :meth:`submit`; its events go to
+        ``on_event`` (on the engine thread). ``params.max_tokens`` is capped at the room the prompt
+        leaves in the context.
+
+        Raises ContextLengthError when the prompt leaves no room, GrammarError when
+        ``params.grammar`` cannot be used. Set the request's ``cancelled`` to stop it."""
         budget = token_budget(self.context_length, len(prompt_ids), params.max_tokens)
         if budget != params.max_tokens:
             params = replace(params, max_tokens=budget)
         constraint = GrammarConstraint(self.grammar_tokenizer, params.grammar) if params.grammar else None
         sampler = Sampler(params, self.eos_ids, constraint)
-        request = Request(list(prompt_ids), params, sampler, Detokenizer(self.tokenizer, params.stop), on_event,
-                          adapter)  # fmt: skip
-        self.submit(request)
-        return request
+        return Request(list(prompt_ids), params, sampler, Detokenizer(self.tokenizer, params.stop), on_event, adapter)
 
     @cached_property
     def eos_ids(self) -> set[int]:
@@ -214,13 +220,13 @@ class Engine:
         """Raise GrammarError when ``spec`` cannot constrain this model's tokens."""
         GrammarConstraint(self.grammar_tokenizer, spec)
 
-    def submit(self, request: Request) -> None:
-        """Queue a request built by hand (``generate`` builds and queues one); raises QueueFullError
-        when the queue is full."""
+    def submit(self, *requests: Request) -> None:
+        """Queue requests, all or none: raises QueueFullError (queueing none) when they do not all
+        fit in the queue."""
         with self.wakeup:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
-            self.waiting.append(request)
+            if len(self.waiting) + len(requests) > self.max_queue:
+                raise QueueFullError(f"{len(self.waiting)} requests are waiting; {len(requests)} more do not fit")
+            self.waiting.extend(requests)
             self.wakeup.notify()
 
     @property
@@ -268,8 +274,7 @@ class Engine:
             try:
                 if self.active or joining:
                     self.governor.start()
-                    self._step(joining)
-                    self.governor.stop()
+                    self.governor.stop(self._step(joining))
             except Exception as exc:  # never let one bad batch kill the engine
                 log.exception("decode step failed")
                 for request in [*self.active, *(r for r, _, _ in joining)]:
@@ -326,7 +331,7 @@ class Engine:
         """A request whose whole prompt is computed: it decodes from here on."""
         self.cached[request.slot][1][:] = request.prompt_ids
         self.active.append(request)
-        self._accept(request, request.sampler.choose(logits, best))
+        self._sample(request, logits, best)
 
     def _take_slot(self, request: Request) -> int:
         """Give the request a free slot, reusing the longest cached prefix of its prompt; return its length."""
@@ -348,8 +353,9 @@ class Engine:
         self.runner.start(slot, cached=reuse, source=best)
         return reuse
 
-    def _step(self, joining: list[Joining]) -> None:
-        """One forward pass: a token for every active request, and a piece of each joining prompt."""
+    def _step(self, joining: list[Joining]) -> int:
+        """One forward pass: a token for every active request, and a piece of each joining prompt;
+        return the rows (tokens) it computed."""
         batch = list(self.active)
         requests = [*batch, *(r for r, _, _ in joining)]
         tokens = [[r.last_token] for r in batch] + [piece for _, piece, _ in joining]
@@ -363,7 +369,7 @@ class Engine:
         best = logits.argmax(dim=-1).tolist()  # every row's greedy token in one call
         for request, row, top in zip(batch, logits[: len(batch)], best[: len(batch)], strict=True):
             self.cached[request.slot][1].append(request.last_token)  # its keys/values were written by this step
-            self._accept(request, request.sampler.choose(row, top))
+            self._sample(request, row, top)
         unfinished = []  # prompts with more to compute: first in the next step
         for (request, piece, rest), row, top in zip(joining, logits[len(batch) :], best[len(batch) :], strict=True):
             if rest:
@@ -372,6 +378,17 @@ class Engine:
             else:
                 self._started(request, row, top)
         self.pending[:0] = unfinished
+        return len(batch) + sum(len(piece) for _, piece, _ in joining)
+
+    def _sample(self, request: Request, logits, best: int | None) -> None:
+        """Choose a request's next token; a request whose sampling fails ends alone (its neighbours
+        in the step go on)."""
+        try:
+            choice = request.sampler.choose(logits, best)
+        except Exception as exc:
+            log.exception("sampling failed")
+            return self._finish(request, "error", f"sampling failed: {type(exc).__name__}: {exc}")
+        self._accept(request, choice)
 
     def _accept(self, request: Request, choice: TokenChoice) -> None:
         if choice.token in request.sampler.eos_ids:

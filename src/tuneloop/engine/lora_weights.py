@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.errors import InvalidModelError
+from tuneloop.fileio import changed_since_checksummed
 
 RANK_UNIT = 8  # ranks are zero-padded to a multiple of this (kernels/lora.c works in chunks of 8)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -66,36 +67,87 @@ def entry(layer: int, projection: str) -> int:
     return layer * len(PROJECTIONS) + _PROJECTION_INDEX[projection]
 
 
-def load_lora(name: str, folder: Path, device: torch.device | str = "cpu", half: bool = False) -> LoraAdapter:
-    """Read a PEFT LoRA folder (``half``: keep its factors in float16); raise InvalidModelError for
-    anything we cannot serve."""
+WEIGHTS_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
+
+
+def lora_shapes(config) -> tuple[dict[str, tuple[int, int]], int]:
+    """Each projection's (in, out) features in a Llama-style model, and its layer count (from its
+    config): what a LoRA adapter's factors must fit."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads, kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    h, i = c.hidden_size, c.intermediate_size
+    shapes = {
+        "q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
+        "o_proj": (heads * head_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+    }  # fmt: skip
+    return shapes, c.num_hidden_layers
+
+
+def load_lora(
+    name: str, folder: Path, device: torch.device | str = "cpu", half: bool = False,
+    shapes: dict[str, tuple[int, int]] | None = None, layers: int | None = None,
+) -> LoraAdapter:  # fmt: skip
+    """Read a PEFT LoRA folder (``half``: keep its factors in float16), verified: the checksum
+    recorded at training time, every factor's shape (against ``shapes``, a projection's (in, out),
+    and ``layers``) and finite values. Raises InvalidModelError, naming files but not where they
+    are, for anything we cannot serve."""
     from safetensors import safe_open
 
-    config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
-        raise InvalidModelError(f"{folder}: not a PEFT adapter folder")
-    config = json.loads(config_path.read_text())
-    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-        raise InvalidModelError(f"{folder}: only plain LoRA adapters can be served")
-    r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+        raise InvalidModelError(f"not a LoRA adapter: {CONFIG_FILE} or {WEIGHTS_FILE} is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidModelError(f"{CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or r < 1:
+        raise InvalidModelError("only plain LoRA adapters (peft_type LORA, r >= 1) can be served")
+    if WEIGHTS_FILE in changed_since_checksummed(folder):
+        raise InvalidModelError(f"{WEIGHTS_FILE} does not match the checksum recorded when it was trained "
+                                "(the file was changed or damaged)")  # fmt: skip
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     dtype = torch.float16 if half else torch.float32
     pieces: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    with safe_open(str(weights_path), framework="pt") as weights:  # one tensor at a time: no float32 copy of it all
-        for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            match = _KEY.search(key)
-            if match is None:
-                if "lora_" in key:
-                    raise InvalidModelError(f"{weights_path}: unsupported LoRA weight {key}")
-                continue  # e.g. modules_to_save are not supported for serving
-            layer, proj, which = int(match[1]), match[2], match[3]
-            if proj not in PROJECTIONS:
-                raise InvalidModelError(f"{weights_path}: LoRA on {proj} is not supported")
-            factor = weights.get_tensor(key).to(device=device, dtype=torch.float32).T
-            factor = factor * scale if which == "B" else factor  # B transposed and pre-scaled
-            pieces.setdefault((layer, proj), {})[which] = factor.to(dtype).contiguous()
+    try:
+        with safe_open(str(weights_path), framework="pt") as weights:  # one tensor at a time: no float32 copy
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                match = _KEY.search(key)
+                if match is None:
+                    if "lora_" in key:
+                        raise InvalidModelError(f"{WEIGHTS_FILE}: unsupported LoRA weight {key}")
+                    continue  # e.g. modules_to_save are not supported for serving
+                layer, proj, which = int(match[1]), match[2], match[3]
+                if proj not in PROJECTIONS:
+                    raise InvalidModelError(f"{WEIGHTS_FILE}: LoRA on {proj} is not supported")
+                factor = weights.get_tensor(key).to(device=device, dtype=torch.float32)
+                _check_factor(key, factor, which, r, shapes.get(proj) if shapes else None, layer, layers)
+                factor = factor.T * scale if which == "B" else factor.T  # B transposed and pre-scaled
+                pieces.setdefault((layer, proj), {})[which] = factor.to(dtype).contiguous()
+    except InvalidModelError:
+        raise
+    except Exception as exc:  # truncated or overwritten: safetensors' own errors
+        raise InvalidModelError(f"{WEIGHTS_FILE} is unreadable ({type(exc).__name__})") from exc
     factors = {k: (v["A"], v["B"]) for k, v in pieces.items() if len(v) == 2}
+    if not factors:
+        raise InvalidModelError(f"{WEIGHTS_FILE} holds no LoRA factors")
     return LoraAdapter(name, factors, half)
+
+
+def _check_factor(
+    key: str, factor: torch.Tensor, which: str, r: int, shape: tuple[int, int] | None, layer: int, layers: int | None
+) -> None:
+    """A factor's shape (A: [r, in], B: [out, r]) and values, or InvalidModelError."""
+    expected = (
+        (None if shape is None else (r, shape[0])) if which == "A" else (None if shape is None else (shape[1], r))
+    )
+    rank_ok = factor.dim() == 2 and factor.shape[0 if which == "A" else 1] == r
+    if not rank_ok or (expected is not None and tuple(factor.shape) != expected) or (layers and layer >= layers):
+        raise InvalidModelError(f"{WEIGHTS_FILE}: {key} has shape {tuple(factor.shape)}, which does not fit the "
+                                f"base model (rank {r})")  # fmt: skip
+    if not torch.isfinite(factor).all():
+        raise InvalidModelError(f"{WEIGHTS_FILE}: {key} holds values that are not finite (the file is damaged)")
 
 
 @dataclass

@@ -18,9 +18,9 @@ from typing import TypeVar
 import torch
 
 from tuneloop.engine.engine import Engine
-from tuneloop.engine.lora_weights import LoraAdapter, load_lora
+from tuneloop.engine.lora_weights import WEIGHTS_FILE, LoraAdapter, load_lora, lora_shapes
 from tuneloop.engine.packed_weights import ServeActivations, ServeWeights, pack_model
-from tuneloop.errors import ModelNotFoundError
+from tuneloop.errors import InvalidModelError, ModelNotFoundError
 from tuneloop.models import Catalog, ModelEntry, load_model, load_tokenizer
 from tuneloop.models.loading import auto_classes
 from tuneloop.store.jobs import JobStore
@@ -59,7 +59,10 @@ class ModelPool:
         self.options = options or EngineOptions()
         self.lock = threading.Lock()
         self._engines: dict[str, Engine] = {}  # base name or full model id -> engine
-        self._adapters: collections.OrderedDict[str, LoraAdapter] = collections.OrderedDict()
+        #: loaded adapters by model id, each with its weights file's (mtime, size) when loaded
+        self._adapters: collections.OrderedDict[str, tuple[LoraAdapter, tuple[int, int] | None]] = (
+            collections.OrderedDict()
+        )
 
     def resolve(self, model_id: str) -> ResolvedModel:
         """Map a request's model id to a base, a LoRA adapter or a full model; raise if unknown."""
@@ -94,10 +97,14 @@ class ModelPool:
             engine = self._engines[key]
             if resolved.kind != "lora":
                 return engine, None
-            adapter = self._adapters.get(resolved.id)
-            if adapter is None:
-                adapter = load_lora(resolved.id, resolved.path, engine.runner.device, engine.runner.float16_state)
-                self._adapters[resolved.id] = adapter
+            stamp = _stamp(resolved.path / WEIGHTS_FILE)
+            adapter, loaded = self._adapters.get(resolved.id, (None, None))
+            if adapter is None or loaded != stamp:  # new, or its file changed (restored, retrained)
+                self._adapters.pop(resolved.id, None)  # a failed load leaves nothing cached
+                shapes, layers = lora_shapes(engine.runner.hf.config)
+                adapter = load_lora(resolved.id, resolved.path, engine.runner.device, engine.runner.float16_state,
+                                    shapes, layers)  # fmt: skip
+                self._adapters[resolved.id] = (adapter, stamp)
                 while len(self._adapters) > self.options.max_adapters:
                     self._adapters.popitem(last=False)  # in-flight requests keep their reference
             self._adapters.move_to_end(resolved.id)
@@ -109,7 +116,10 @@ class ModelPool:
     def _load_engine(self, resolved: ResolvedModel) -> Engine:
         if resolved.kind == "full":
             entry = self.catalog.get(resolved.base)
-            model, tokenizer = _load_full(resolved.path, entry, self.catalog.settings.resolved_device())
+            try:
+                model, tokenizer = _load_full(resolved.path, entry, self.catalog.settings.resolved_device())
+            except Exception as exc:  # missing, truncated or damaged files
+                raise InvalidModelError(f"the fine-tuned model's files are unreadable ({type(exc).__name__})") from exc
         else:
             model, tokenizer, entry = load_model(self.catalog, resolved.base)
         o = self.options
@@ -133,6 +143,15 @@ class ModelPool:
             engine = self._engines.pop(model_id, None)
         if engine is not None:  # a full fine-tuned model's own engine: stop its thread once idle
             threading.Thread(target=engine.close, name=f"close-{model_id}", daemon=True).start()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's (modification time, size): a cached adapter whose file has another is loaded again."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _in_passing_thread(work: Callable[[], T]) -> T:

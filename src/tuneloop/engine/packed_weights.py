@@ -101,8 +101,14 @@ def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> di
     source = f"{_CACHE_FORMAT}:{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     path = cache_dir / f"{gguf.stem}-{key}.safetensors"
+    tensors = None
     if path.is_file():
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # a damaged cache file: made again below
+            log.warning("the int8 code cache %s is unreadable (%s); rebuilding it", path.name, type(exc).__name__)
+            path.unlink(missing_ok=True)
+    if tensors is not None:
         codes = {
             name[: -len(".codes")]: GroupQuantized(
                 t, tensors[name.replace(".codes", ".scale")], tensors.get(name.replace(".codes", ".offset"))
@@ -121,8 +127,9 @@ def _cached_gguf_codes(model, linears, gguf: Path, cache_dir: Path | None) -> di
     try:
         with atomic_path(path) as tmp:  # concurrent servers each leave a complete file
             save_file(tensors, str(tmp))
-    except OSError as exc:  # a read-only model folder: no cache
-        log.info("cannot cache quantized codes in %s: %s", cache_dir, exc)
+    except Exception as exc:  # a full disk, a read-only folder: int8 decoding goes on from memory
+        log.warning("could not write the int8 code cache in %s (%s: %s); decoding from the codes in memory, "
+                    "the next start tries again", cache_dir, type(exc).__name__, exc)  # fmt: skip
     return packed
 
 

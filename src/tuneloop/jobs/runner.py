@@ -23,7 +23,7 @@ from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
 from tuneloop.store.ids import fine_tuned_model_id
 from tuneloop.store.jobs import Job, JobStore
-from tuneloop.train.checkpoint import latest_checkpoint
+from tuneloop.train.checkpoint import STEP_KEY, latest_checkpoint, read_meta
 from tuneloop.train.config import ResolvedHyperparameters
 from tuneloop.train.loop import train
 from tuneloop.train.metrics import CheckpointInfo, StepMetrics, TrainCallbacks
@@ -102,8 +102,10 @@ def _train_job(
     out = job_dir(settings, job.id)
     resume = latest_checkpoint(out / "checkpoints")
     if resume is None:
+        jobs.delete_metrics_after(job.id, 0)  # a run that died before its first checkpoint
         jobs.add_event(job.id, "Fine-tuning job started", data=None)
-    else:
+    else:  # the steps after the checkpoint run again: their first run's metrics go
+        jobs.delete_metrics_after(job.id, read_meta(resume)[STEP_KEY])
         jobs.add_event(job.id, f"Fine-tuning job resumed from checkpoint {resume.name} (attempt {job.attempts})")
     spec = JobSpec.of(job)
     config = spec.train_config(settings, files, out, resume=resume is not None)

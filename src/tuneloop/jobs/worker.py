@@ -3,7 +3,9 @@
 While a job runs the worker heartbeats every ``worker_poll_seconds``. A heartbeat that finds the
 job no longer ours means it was cancelled (the child is killed at once) or taken over; a job set
 to ``paused`` is asked to stop, checkpoints, and is released. If the worker itself dies, the job's
-heartbeat goes stale and another worker takes it over and resumes it from its last checkpoint.
+heartbeat goes stale and another worker takes it over and resumes it from its last checkpoint. A
+child that dies without recording an outcome (killed, out of memory) is retried the same way, up to
+``max_job_attempts`` runs in all.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import threading
 import time
@@ -86,13 +89,28 @@ class Worker:
             self.jobs.update_where(job.id, worker_id=self.worker_id, values={"status": "queued", "worker_id": None})
             self.jobs.add_event(job.id, "Worker shut down; job re-queued and will resume from its latest checkpoint")
         elif current.status == "running":  # the child died without recording an outcome
-            error = {
-                "code": "training_error",
-                "message": f"training process exited with code {exitcode}",
-                "param": None,
-            }
+            cause = exit_cause(exitcode)
+            if current.attempts < self.settings.max_job_attempts:
+                values = {"status": "queued", "worker_id": None}
+                if self.jobs.update_where(job.id, worker_id=self.worker_id, values=values):
+                    self.jobs.add_event(job.id, f"The training process {cause}; retrying from the latest checkpoint "
+                                        f"(attempt {current.attempts + 1} of {self.settings.max_job_attempts})",
+                                        level="warn")  # fmt: skip
+                return
+            message = f"The training process {cause} in each of {current.attempts} attempts"
+            error = {"code": "training_error", "message": message, "param": None}
             if self.jobs.finish(job.id, "failed", error=error):
-                self.jobs.add_event(job.id, error["message"], level="error")
+                self.jobs.add_event(job.id, message, level="error")
+
+
+def exit_cause(exitcode: int | None) -> str:
+    """How a child process ended, in words: ``was killed (SIGKILL)`` or ``exited with code 3``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
 
 
 def _kill(child) -> None:

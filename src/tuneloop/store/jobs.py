@@ -149,6 +149,13 @@ class JobStore:
             job_id, when_status=ACTIVE, status=status, error=error, finished_at=int(time.time()), **values
         )
 
+    def active_using(self, file_id: str) -> list[tuple[str, str]]:
+        """(id, status) of the jobs not yet ended that train or validate on ``file_id``."""
+        uses = sa.or_(jobs.c.training_file == file_id, jobs.c.validation_file == file_id)
+        query = sa.select(jobs.c.id, jobs.c.status).where(uses, jobs.c.status.in_(ACTIVE)).order_by(jobs.c.seq)
+        with self.engine.connect() as conn:
+            return [(r.id, r.status) for r in conn.execute(query)]
+
     def claim(self, worker_id: str, stale_after: float) -> Job | None:
         """Atomically take the oldest queued job, or a running job whose worker stopped heartbeating."""
         now = time.time()
@@ -208,6 +215,16 @@ class JobStore:
                     message=message, type=type, data=data if data is not None else {},
                 )
             )  # fmt: skip
+
+    def delete_metrics_after(self, job_id: str, step: int) -> int:
+        """Forget the metrics events of steps after ``step`` (a resumed run records them again); return
+        how many went."""
+        query = sa.select(events.c.seq, events.c.data).where(events.c.job_id == job_id, events.c.type == "metrics")
+        with self.engine.begin() as conn:
+            stale = [r.seq for r in conn.execute(query) if (r.data or {}).get("step", 0) > step]
+            if stale:
+                conn.execute(events.delete().where(events.c.seq.in_(stale)))
+        return len(stale)
 
     def list_events(self, job_id: str, after: str | None = None, limit: int = 20):
         """Newest first; returns (events, has_more)."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from tuneloop.config import Settings
 from tuneloop.errors import TuneloopError
+from tuneloop.fileio import write_checksums
 from tuneloop.models import Catalog, ModelEntry, load_model
 from tuneloop.train.config import TrainConfig
 
@@ -54,6 +55,7 @@ def save_weights(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: P
     folder.mkdir(parents=True, exist_ok=True)
     if method == "lora":
         model.save_pretrained(str(folder))
+        write_checksums(folder, ["adapter_model.safetensors"])  # the server verifies them whenever it loads them
     else:
         model.save_pretrained(str(folder), safe_serialization=True)
         tokenizer.save_pretrained(str(folder))
