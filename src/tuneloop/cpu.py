@@ -8,7 +8,7 @@ serving beside a training run kept 1% of its idle speed, and the training run 2%
 training micro-batch) and runs the next one with all threads or with one (no barriers at all):
 
 * the machine's count of running threads (``procs_running`` in ``/proc/stat``, sampled after steps
-  at most every 20 ms) less this process's threads in state R says how many other threads want
+  at most every 100 ms) less this process's threads in state R says how many other threads want
   the cores; when on average half a thread or more does, steps drop to one thread, and when, after
   half a second on one thread, the others leave room for all threads again, steps go back to all;
 * a long step (a training micro-batch) whose process got less than 80% CPU time per thread drops
@@ -34,8 +34,11 @@ MIN_SHARE = 0.8
 LONG_STEP = 0.25
 #: Other processes' running threads, on average, at which steps drop to one thread.
 OTHERS_DROP = 0.5
-#: Samples of the running threads that decide, at least; and the seconds between two.
-MIN_SAMPLES, SAMPLE_SECONDS = 8, 0.02
+#: Samples of the running threads that decide, at least; and the seconds between two (a sample
+#: reads the state of each of this process's threads: ~0.5 ms with 60 of them).
+MIN_SAMPLES, SAMPLE_SECONDS = 5, 0.1
+#: Steps on one thread that a drop's trial compares with the last ones on all threads.
+TRIAL_STEPS = 8
 #: Seconds on one thread before all threads may come back.
 SINGLE_SECONDS = 0.5
 #: Seconds without a drop after a failed trial, the first time and at most (doubling between).
@@ -97,7 +100,7 @@ class ThreadGovernor:
     drops: int = 0
     _others: deque = field(default_factory=lambda: deque(maxlen=2 * MIN_SAMPLES))
     #: Wall seconds per unit of work of the last steps on the current thread count.
-    _walls: deque = field(default_factory=lambda: deque(maxlen=MIN_SAMPLES))
+    _walls: deque = field(default_factory=lambda: deque(maxlen=TRIAL_STEPS))
     _step: tuple[float, float] = (0.0, 0.0)
     _sampled: float = 0.0
     _since: float = 0.0

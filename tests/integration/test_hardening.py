@@ -263,3 +263,10 @@ def test_damaged_adapters_are_clear_errors_and_never_cached(server):
     assert response.status_code == 500 and "adapter_config.json" in error(response)["message"]
     config.write_text(config_text)
     assert chat_status(server, other).status_code == 200
+    moved = unchecked.with_name("moved-away")
+    unchecked.rename(moved)  # the folder is missing
+    response = chat_status(server, other)
+    assert response.status_code == 500 and error(response)["code"] == "model_load_failed"
+    assert "missing" in error(response)["message"] and str(server.home) not in response.text
+    moved.rename(unchecked)
+    assert chat_status(server, other).status_code == 200

@@ -4,7 +4,15 @@ import os
 import subprocess
 import sys
 
-from tuneloop.cpu import HOLD_SECONDS, MIN_SAMPLES, ThreadGovernor, running_threads, set_priority
+from tuneloop.cpu import (
+    HOLD_SECONDS,
+    MIN_SAMPLES,
+    SAMPLE_SECONDS,
+    TRIAL_STEPS,
+    ThreadGovernor,
+    running_threads,
+    set_priority,
+)
 
 
 class FakeMachine:
@@ -53,21 +61,18 @@ def test_full_threads_while_no_one_else_runs():
 def test_drops_to_one_thread_beside_others_and_comes_back_when_they_leave():
     m = FakeMachine()
     g = m.governor()
-    m.others = 1  # another process's thread wants a core
+    m.others = 1  # another process's thread wants a core (each contended step is sampled: 250 ms)
     for _ in range(MIN_SAMPLES - 1):
         m.step(g)
     assert g.current == 2  # a few samples decide, not one
     m.step(g)
     assert g.current == 1 and g.shared and g.drops == 1
-    for _ in range(200):  # 8 s: the neighbour keeps running and one thread is faster, so one thread each
-        m.step(g)
+    run(m, g, 8.0)  # the neighbour keeps running and one thread is faster, so one thread each
     assert g.current == 1 and g.drops == 1
     m.others = 0
-    for _ in range(MIN_SAMPLES):  # the samples taken beside the neighbour still count
-        m.step(g)
+    run(m, g, 2 * SAMPLE_SECONDS)  # the samples taken beside the neighbour still count
     assert g.current == 1
-    for _ in range(2 * MIN_SAMPLES):
-        m.step(g)
+    run(m, g, 2 * MIN_SAMPLES * SAMPLE_SECONDS)
     assert g.current == 2 and m.applied == [2, 1, 2]
 
 
@@ -75,10 +80,10 @@ def test_a_drop_that_does_not_help_is_undone_and_retried_ever_later():
     m = FakeMachine()
     g = m.governor()
     m.others, m.barriers_hurt = 1, False  # e.g. a benchmark client: other threads run, barriers do not suffer
-    for _ in range(MIN_SAMPLES):
+    while g.drops == 0:
         m.step(g)
-    assert g.current == 1 and g.drops == 1
-    for _ in range(MIN_SAMPLES):  # the trial: one thread is slower (40 ms vs 25 ms)
+    assert g.current == 1 and m.wall <= (MIN_SAMPLES + 1) * SAMPLE_SECONDS
+    for _ in range(TRIAL_STEPS):  # the trial: one thread is slower (40 ms vs 25 ms)
         m.step(g)
     assert g.current == 2
     drops_at = []
@@ -93,6 +98,13 @@ def test_a_drop_that_does_not_help_is_undone_and_retried_ever_later():
     for _ in range(2000):
         m.step(g)
     assert g.current == 1
+
+
+def run(m: FakeMachine, g: ThreadGovernor, seconds: float) -> None:
+    """Steps for ``seconds`` of the fake clock."""
+    end = m.wall + seconds
+    while m.wall < end:
+        m.step(g)
 
 
 def test_a_long_starved_step_decides_alone_and_fixed_threads_never_change():

@@ -223,3 +223,25 @@ def test_gguf_codes_are_cached_and_checked_again(gguf_model, tmp_path):
     changed = pack_model(model, "auto", path, cache_dir=cache)
     assert "model.layers.0.mlp.up_proj" not in changed and len(changed) == len(first) - 1
     assert cached.is_file()
+
+
+def test_a_full_disk_or_a_damaged_cache_keeps_the_gguf_codes(gguf_model, tmp_path, monkeypatch, caplog):
+    import safetensors.torch
+
+    model, path = gguf_model
+    cache = tmp_path / "cache"
+    expected = pack_model(model, "auto", path).keys()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", disk_full)
+        assert pack_model(model, "auto", path, cache_dir=cache).keys() == expected  # int8 decoding goes on
+    assert "could not write the int8 code cache" in caplog.text and "No space left" in caplog.text
+    assert not list(cache.glob("*.safetensors"))
+    assert pack_model(model, "auto", path, cache_dir=cache).keys() == expected  # the next start writes it
+    (cached,) = cache.glob("tiny-*.safetensors")
+    cached.write_bytes(cached.read_bytes()[:100])  # damaged: rebuilt, not a reason to lose the codes
+    assert pack_model(model, "auto", path, cache_dir=cache).keys() == expected
+    assert "unreadable" in caplog.text and cached.stat().st_size > 100
