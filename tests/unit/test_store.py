@@ -39,7 +39,8 @@ def test_migrations_from_empty_database(engine):
     assert schema_version(engine) == len(MIGRATIONS)
     assert migrate(engine) == len(MIGRATIONS)  # idempotent
     tables = set(sa.inspect(engine).get_table_names())
-    assert {"files", "jobs", "events", "checkpoints", "fine_tuned_models", "schema_migrations"} <= tables
+    assert {"files", "jobs", "events", "checkpoints", "fine_tuned_models", "stored_completions",
+            "schema_migrations"} <= tables  # fmt: skip
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
@@ -49,8 +50,9 @@ def test_migration_renumbers_duplicate_list_order(engine):
     """Databases written before migration 2 may hold duplicate seq numbers; the upgrade keeps the order."""
     with engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ux_jobs_seq"))
-        conn.execute(sa.text("DELETE FROM schema_migrations WHERE version = 2"))
+        conn.execute(sa.text("DELETE FROM schema_migrations WHERE version >= 2"))
         conn.execute(sa.text("DROP INDEX ux_files_seq"))
+        conn.execute(sa.text("DROP TABLE stored_completions"))  # migration 3
     jobs = JobStore(engine)
     ids = [new_job(jobs) for _ in range(3)]
     with engine.begin() as conn:

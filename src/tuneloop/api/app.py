@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneloop import __version__
-from tuneloop.api import chat, completions, files, fine_tuning, models
+from tuneloop.api import chat, completions, files, fine_tuning, models, stored
 from tuneloop.api.errors import error_response, install_error_handlers
 from tuneloop.api.state import AppState
 from tuneloop.config import Settings
@@ -80,7 +80,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
         }
         return JSONResponse({"status": "ok", "version": __version__, "engines": engines})
 
-    for module in (files, fine_tuning, models, chat, completions):
+    for module in (files, fine_tuning, models, chat, stored, completions):
         app.include_router(module.router, prefix="/v1")
     return app
 

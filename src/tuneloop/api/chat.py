@@ -4,7 +4,7 @@ tools (``api/tool_calls.py``) and structured outputs (``engine/grammar.py``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated
 
@@ -56,10 +56,26 @@ async def chat_completions(state: State, body: ChatRequest, http: Request):
     stream = generation.start(target, [(prompt, params)], body.n)
     outputs = [ChoiceOutput(body.calls_tools()) for _ in range(body.n)]
     meta = {"id": random_id("chatcmpl-"), "created": int(time.time()), "model": body.model}
+    keep = _keeper(state, body, time.perf_counter()) if body.store else None
     if body.stream:
-        events = _stream(stream, target, meta, len(prompt), outputs, body.include_usage(), http)
+        events = _stream(stream, target, meta, len(prompt), outputs, body.include_usage(), http, keep)
         return StreamingResponse(events, media_type="text/event-stream")
-    return await _collect(stream, target, meta, len(prompt), outputs, http)
+    completion = await _collect(stream, target, meta, len(prompt), outputs, http)
+    if keep is not None:
+        await keep(completion)
+    return completion
+
+
+def _keeper(state: AppState, body: ChatRequest, started: float) -> Callable[[ChatCompletion], Awaitable[None]]:
+    """What stores an answered completion of a ``store: true`` request (after the answer is whole)."""
+    request = body.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"store", "metadata"})
+
+    async def keep(completion: ChatCompletion) -> None:
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        response = completion.model_dump(mode="json")
+        await run_in_threadpool(state.completions.add, response, request, body.metadata or {}, latency_ms)
+
+    return keep
 
 
 async def _collect(
@@ -103,6 +119,7 @@ async def _stream(
     outputs: list[ChoiceOutput],
     include_usage: bool,
     http: Request,
+    keep: Callable[[ChatCompletion], Awaitable[None]] | None = None,
 ) -> AsyncIterator[str]:
     """A role chunk per choice, a chunk per token, a finish chunk per choice, the usage chunk if asked
     for, then ``[DONE]``; a failure sends the error envelope instead of the rest, then ``[DONE]``.
@@ -120,6 +137,7 @@ async def _stream(
         for i in range(len(outputs)):
             yield chunk(i, Delta(role="assistant", content=""))
     completion_tokens = 0
+    finish: list[str | None] = [None] * len(outputs)
     async for index, event in generation.events(stream, http):
         if isinstance(event, TokenEvent):
             entry = token_logprob(target.engine.tokenizer, event)
@@ -136,9 +154,13 @@ async def _stream(
             completion_tokens += event.completion_tokens
             for delta in outputs[index].finish():
                 yield chunk(index, delta)
-            yield chunk(index, Delta(), outputs[index].finish_reason(event.reason))
+            finish[index] = outputs[index].finish_reason(event.reason)
+            yield chunk(index, Delta(), finish[index])
     else:
+        usage = Usage.of(prompt_tokens, completion_tokens, stream.requests[0].cached_tokens)
         if include_usage:
-            usage = Usage.of(prompt_tokens, completion_tokens, stream.requests[0].cached_tokens)
             yield sse(ChatCompletionChunk(**meta, choices=[], usage=usage))
+        if keep is not None:  # the assembled answer, as the non-streamed reply would have been
+            choices = [Choice(index=i, message=o.message(), finish_reason=finish[i]) for i, o in enumerate(outputs)]
+            await keep(ChatCompletion(**meta, choices=choices, usage=usage))
     yield SSE_DONE

@@ -26,6 +26,7 @@ from tuneloop.engine.grammar import (
     tool_call_grammar,
 )
 from tuneloop.engine.sampling import SamplingParams
+from tuneloop.jobs.spec import Metadata
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -198,6 +199,9 @@ class ChatRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     stream_options: StreamOptions | None = None
+    #: keep the request and its answer (``GET /v1/chat/completions``), with these metadata pairs
+    store: bool = False
+    metadata: Metadata | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -439,6 +443,44 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     system_fingerprint: None = None
+
+
+class StoredChatCompletion(ChatCompletion):
+    """A stored completion as listed and retrieved: the answer and its metadata."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class StoredCompletionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[StoredChatCompletion]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class StoredMessage(BaseModel):
+    """One message of a stored completion's request (``GET /v1/chat/completions/{id}/messages``)."""
+
+    id: str
+    role: str
+    content: str | None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StoredMessageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[StoredMessage]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class UpdateMetadata(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+    metadata: Metadata | None
 
 
 class FunctionDelta(BaseModel):

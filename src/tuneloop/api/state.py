@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from tuneloop.config import Settings
 from tuneloop.engine.model_pool import ModelPool
 from tuneloop.models import Catalog
+from tuneloop.store.completions import CompletionStore
 from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
 from tuneloop.store.jobs import JobStore
@@ -24,12 +25,14 @@ class AppState:
     files: FileStore
     jobs: JobStore
     catalog: Catalog
+    completions: CompletionStore
     pool: ModelPool | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> AppState:
         engine = make_engine(settings)
-        return cls(settings, engine, FileStore(engine, settings.home), JobStore(engine), Catalog(settings))
+        files, jobs = FileStore(engine, settings.home), JobStore(engine)
+        return cls(settings, engine, files, jobs, Catalog(settings), CompletionStore(engine))
 
 
 def get_state(request: Request) -> AppState:

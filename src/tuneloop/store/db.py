@@ -110,6 +110,19 @@ fine_tuned_models = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+stored_completions = sa.Table(
+    "stored_completions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("metadata", JSONText, nullable=False),  # at most 16 string pairs
+    sa.Column("request", JSONText, nullable=False),  # messages, tools, response_format, sampling
+    sa.Column("response", JSONText, nullable=False),  # the chat.completion object as answered
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+)
+
 MIGRATIONS: list[str] = [
     # 1: the initial schema
     """
@@ -161,6 +174,15 @@ MIGRATIONS: list[str] = [
     UPDATE jobs SET seq = (SELECT new_seq FROM renumber_jobs r WHERE r.id = jobs.id);
     DROP TABLE renumber_jobs;
     CREATE UNIQUE INDEX ux_jobs_seq ON jobs (seq)
+    """,
+    # 3: stored chat completions (``store: true``)
+    """
+    CREATE TABLE stored_completions (
+        id VARCHAR(64) PRIMARY KEY, seq BIGINT NOT NULL, model TEXT NOT NULL, created_at BIGINT NOT NULL,
+        metadata TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL, latency_ms INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX ux_stored_completions_seq ON stored_completions (seq);
+    CREATE INDEX ix_stored_completions_model ON stored_completions (model, seq)
     """,
 ]
 
