@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import median_high
 
 #: A long step keeps all threads while the process gets at least this share of CPU time per thread.
 MIN_SHARE = 0.8
@@ -154,12 +155,12 @@ class ThreadGovernor:
 
     def _drop(self, now: float) -> None:
         self.drops += 1
-        self._trial = sorted(self._walls)[len(self._walls) // 2]
+        self._trial = median_high(self._walls)
         self._use(1, now)
 
     def _judge(self, now: float) -> None:
         """End a drop's trial: keep one thread if its steps are faster, else all threads for a while."""
-        single, full, self._trial = sorted(self._walls)[len(self._walls) // 2], self._trial, None
+        single, full, self._trial = median_high(self._walls), self._trial, None
         if single < full:
             self._hold = HOLD_SECONDS
             return

@@ -24,6 +24,29 @@ def temporary_sibling(dest: Path, tmp_dir: Path | None = None) -> Path:
     return (tmp_dir or dest.parent) / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
+def clear_leftovers(dest: Path, tmp_dir: Path | None = None) -> int:
+    """Remove what killed writers of ``dest`` left: the temporaries of :func:`temporary_sibling`
+    (``.<name>.<pid>.<hex>.tmp``) whose process is gone, or is this one (a restart may reuse a
+    pid); those of another live process (a second server on the same home) stay. Return how many."""
+    folder, removed = tmp_dir or dest.parent, 0
+    for leftover in folder.glob(f".{dest.name}.*.tmp") if folder.is_dir() else ():
+        pid = leftover.name[len(dest.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            _remove(leftover)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

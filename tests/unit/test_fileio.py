@@ -81,3 +81,20 @@ def test_blob_store_keeps_nothing_of_a_too_large_upload(tmp_path: Path):
     with pytest.raises(TooLargeError):
         store.put_stream([b"12345", b"6"], max_bytes=5)
     assert [p.relative_to(store.root) for p in store.root.rglob("*") if p.is_file()] == [Path(sha[:2]) / sha]
+
+
+def test_clear_leftovers_removes_the_temporaries_of_dead_writers_and_this_one_only(tmp_path):
+    import os
+
+    from tuneloop.fileio import clear_leftovers
+
+    dest = tmp_path / "upload"
+    dead = tmp_path / ".upload.99999999.0a1b2c3d.tmp"  # beyond any pid_max: its writer is gone
+    ours = tmp_path / f".upload.{os.getpid()}.0a1b2c3d.tmp"  # a restart that reused the pid
+    live = tmp_path / f".upload.{os.getppid()}.0a1b2c3d.tmp"  # another live process: still writing
+    other = tmp_path / ".uploads.99999999.0a1b2c3d.tmp"  # another destination's
+    for path in (dead, ours, live, other):
+        path.write_bytes(b"partial")
+    (tmp_path / ".upload.99999999.dir.tmp").mkdir()  # atomic_path's folders too
+    assert clear_leftovers(dest) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])

@@ -146,7 +146,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path: Path) -> None:
 
 def test_a_killed_writers_leftovers_go_when_that_checkpoint_is_written_again(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
-    leftover = root / ".step-3.999.abcd1234.tmp"  # atomic_path's temporary, left by a killed process
+    leftover = root / ".step-3.99999999.abcd1234.tmp"  # atomic_path's temporary, left by a killed process
     leftover.mkdir(parents=True)
     (root / ".step-30.999.abcd1234.tmp").mkdir()  # another step's: kept
     state = {ckpt.STEP_KEY: 3, ckpt.RNG_KEY: ckpt.rng_state()}

@@ -17,6 +17,11 @@ router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
 
 
+def _name(filename: str | None, default: str) -> str:
+    """A file's name without any folders in it: neither stored nor sent back is ever a path."""
+    return (filename or "").replace("\\", "/").rsplit("/", 1)[-1] or default
+
+
 def _file(record: FileRecord) -> FileObject:
     return FileObject.model_validate(record.to_openai())
 
@@ -25,7 +30,7 @@ def _file(record: FileRecord) -> FileObject:
 def upload_file(state: State, file: UploadFile = File(...), purpose: str = Form(...)) -> FileObject:
     if purpose not in PURPOSES or purpose == "fine-tune-results":
         raise APIError(400, f"Invalid purpose '{purpose}'.", param="purpose", code="invalid_value")
-    filename = (file.filename or "").replace("\\", "/").rsplit("/", 1)[-1] or "upload"  # a name, not a path
+    filename = _name(file.filename, "upload")
     if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
         raise APIError(400, "Fine-tuning files must be .jsonl files.", param="file", code="invalid_file_format")
     try:
@@ -44,10 +49,7 @@ def list_files(
     limit: int = Query(10000, ge=1, le=10000),
 ) -> FileList:
     records, has_more = state.files.list(purpose, order, after, limit)
-    data = [_file(r) for r in records]
-    return FileList(
-        data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=has_more
-    )
+    return FileList.of([_file(r) for r in records], has_more)
 
 
 @router.get("/files/{file_id}")
@@ -74,5 +76,5 @@ def file_content(state: State, file_id: str) -> FileResponse:
     record = state.files.get(file_id)
     if record is None:
         raise not_found("file", file_id, param="file_id")
-    filename = record.filename.replace("\\", "/").rsplit("/", 1)[-1] or "file"  # never a path
-    return FileResponse(state.files.path(record), media_type="application/octet-stream", filename=filename)
+    return FileResponse(state.files.path(record), media_type="application/octet-stream",
+                        filename=_name(record.filename, "file"))  # fmt: skip

@@ -10,7 +10,7 @@ validators, and :func:`sse` frames any model as one server-sent event.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -451,14 +451,6 @@ class StoredChatCompletion(ChatCompletion):
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
-class StoredCompletionList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[StoredChatCompletion]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
 class StoredMessage(BaseModel):
     """One message of a stored completion's request (``GET /v1/chat/completions/{id}/messages``)."""
 
@@ -468,14 +460,6 @@ class StoredMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-
-
-class StoredMessageList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[StoredMessage]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
 
 
 class UpdateMetadata(RequestBody):
@@ -592,12 +576,27 @@ class FileObject(BaseModel):
     expires_at: None = None
 
 
-class FileList(BaseModel):
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class CursorPage(BaseModel, Generic[Item]):
+    """OpenAI's cursor-paginated list: a page of objects with ids, its first and last id, whether more follow."""
+
     object: Literal["list"] = "list"
-    data: list[FileObject]
+    data: list[Item]
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+    @classmethod
+    def of(cls, data: list[Item], has_more: bool) -> CursorPage[Item]:
+        return cls(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                   has_more=has_more)  # fmt: skip
+
+
+FileList = CursorPage[FileObject]
+StoredCompletionList = CursorPage[StoredChatCompletion]
+StoredMessageList = CursorPage[StoredMessage]
 
 
 class Deleted(BaseModel):

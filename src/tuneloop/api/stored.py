@@ -48,9 +48,7 @@ def list_stored(
     """Filtered by ``model`` and ``metadata[key]=value`` pairs, as the official client sends them."""
     metadata = {m[1]: v for k, v in http.query_params.multi_items() if (m := _METADATA_KEY.match(k))}
     records, has_more = state.completions.list(model, metadata, after, limit, order)
-    data = [_stored(r) for r in records]
-    return StoredCompletionList(data=data, first_id=data[0].id if data else None,
-                                last_id=data[-1].id if data else None, has_more=has_more)  # fmt: skip
+    return StoredCompletionList.of([_stored(r) for r in records], has_more)
 
 
 @router.get("/chat/completions/{completion_id}")
@@ -98,6 +96,4 @@ def stored_messages(
         if after not in ids:
             raise APIError(400, f"No message '{after}' in stored chat completion '{completion_id}'.", param="after")
         messages = messages[ids.index(after) + 1 :]
-    page = messages[:limit]
-    return StoredMessageList(data=page, first_id=page[0].id if page else None,
-                             last_id=page[-1].id if page else None, has_more=len(messages) > limit)  # fmt: skip
+    return StoredMessageList.of(messages[:limit], len(messages) > limit)

@@ -102,7 +102,7 @@ def load_lora(
         r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidModelError(f"{CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or r < 1:
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or r < 1:
         raise InvalidModelError("only plain LoRA adapters (peft_type LORA, r >= 1) can be served")
     if WEIGHTS_FILE in changed_since_checksummed(folder):
         raise InvalidModelError(f"{WEIGHTS_FILE} does not match the checksum recorded when it was trained "
@@ -139,11 +139,10 @@ def _check_factor(
     key: str, factor: torch.Tensor, which: str, r: int, shape: tuple[int, int] | None, layer: int, layers: int | None
 ) -> None:
     """A factor's shape (A: [r, in], B: [out, r]) and values, or InvalidModelError."""
-    expected = (
-        (None if shape is None else (r, shape[0])) if which == "A" else (None if shape is None else (shape[1], r))
-    )
-    rank_ok = factor.dim() == 2 and factor.shape[0 if which == "A" else 1] == r
-    if not rank_ok or (expected is not None and tuple(factor.shape) != expected) or (layers and layer >= layers):
+    in_features, out_features = shape or (None, None)  # unknown without the base model: rank alone
+    expected = (r, in_features) if which == "A" else (out_features, r)
+    fits = all(want in (None, got) for want, got in zip(expected, factor.shape, strict=False))
+    if factor.dim() != 2 or not fits or (layers is not None and layer >= layers):
         raise InvalidModelError(f"{WEIGHTS_FILE}: {key} has shape {tuple(factor.shape)}, which does not fit the "
                                 f"base model (rank {r})")  # fmt: skip
     if not torch.isfinite(factor).all():

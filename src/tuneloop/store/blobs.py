@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from tuneloop.errors import TuneloopError
-from tuneloop.fileio import AtomicWriter
+from tuneloop.fileio import AtomicWriter, clear_leftovers
 
 
 class TooLargeError(TuneloopError):
@@ -48,26 +47,9 @@ class BlobStore:
         return self.put_stream([data], max_bytes=len(data))
 
     def clear_leftovers(self) -> int:
-        """Remove the temporary files of uploads whose process died mid-write (a kill, a crash);
-        return how many. Files of live processes (another server on the same home) stay."""
-        removed = 0
-        for tmp in self.root.glob(".upload.*.tmp") if self.root.is_dir() else ():
-            pid = tmp.name.split(".")[2]
-            if pid.isdigit() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-        return removed
+        """Remove the partial uploads of processes that died mid-write (a kill, a crash); return how many."""
+        return clear_leftovers(self.root / "upload", tmp_dir=self.root)
 
     def delete(self, sha256: str) -> None:
         """Remove a blob (callers check that nothing references it)."""
         self.path(sha256).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's
-    return True

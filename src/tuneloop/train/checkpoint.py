@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tuneloop.errors import TuneloopError
-from tuneloop.fileio import atomic_path
+from tuneloop.fileio import atomic_path, clear_leftovers
 
 STATE_FILE = "trainer_state.pt"
 META_FILE = "checkpoint.json"
@@ -78,13 +78,6 @@ def write_checkpoint(
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def clear_leftovers(dest: Path) -> None:
-    """Remove what a killed writer of ``dest`` left: ``atomic_path``'s temporaries (``.<name>.<pid>.<hex>.tmp``)."""
-    if dest.parent.is_dir():
-        for leftover in dest.parent.glob(f".{dest.name}.*.tmp"):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
