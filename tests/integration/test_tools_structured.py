@@ -4,6 +4,7 @@ schema-valid JSON and well-formed tool calls only because decoding is constraine
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Literal
 
 import jsonschema
@@ -11,6 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from chat_templates import LLAMA, MISTRAL
 from tuneloop.config import Settings
 from tuneloop.models import Catalog
 
@@ -65,7 +67,13 @@ class Plan(BaseModel):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     home = tmp_path_factory.mktemp("tools-home")
-    Catalog(Settings(home=home)).add("tiny-llama", tiny_model_dir)
+    catalog = Catalog(Settings(home=home))
+    catalog.add("tiny-llama", tiny_model_dir)
+    for name, template in (("tiny-llama-json", LLAMA), ("tiny-mistral", MISTRAL)):  # templates that render tools
+        folder = tmp_path_factory.mktemp(name)
+        shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+        (folder / "chat_template.jinja").write_text(template)
+        catalog.add(name, folder)
     srv = ServerProcess(home, "--no-worker").wait_ready()
     yield srv
     srv.stop()
@@ -183,6 +191,29 @@ def test_streamed_tool_calls_assemble_to_the_same_calls(server):
     assert final.finish_reason == one.finish_reason == "tool_calls" and final.message.content is None
     streamed = [(c.function.name, c.function.arguments) for c in final.message.tool_calls]
     assert streamed == [(c.function.name, c.function.arguments) for c in one.message.tool_calls]
+
+
+@pytest.mark.parametrize("model", ["tiny-llama-json", "tiny-mistral"])
+def test_templates_with_their_own_call_syntax_serve_parsed_calls(server, model):
+    client = server.client()
+    kw = {"model": model, "messages": USER, "tools": TOOLS, "tool_choice": "required", "temperature": 0,
+          "max_tokens": 120, "parallel_tool_calls": False}  # fmt: skip
+    whole = client.chat.completions.create(**kw).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.message.content is None
+    assert len(whole.message.tool_calls) == 1
+    assert_valid_calls(whole.message.tool_calls)
+    with client.chat.completions.stream(**kw) as stream:
+        final = stream.get_final_completion().choices[0]
+    assert [(c.function.name, c.function.arguments) for c in final.message.tool_calls] == [
+        (c.function.name, c.function.arguments) for c in whole.message.tool_calls
+    ]
+    history = [*USER, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "set_lights",
+                                                          "arguments": '{"room": "kitchen", "on": true}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "done"}]  # fmt: skip
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    again = client.chat.completions.create(**{**kw, "messages": history, "tool_choice": named}).choices[0]
+    assert [c.function.name for c in again.message.tool_calls] == ["get_weather"]
 
 
 def test_tool_results_in_the_history(server):

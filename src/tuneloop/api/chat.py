@@ -45,8 +45,10 @@ async def chat_completions(state: State, body: ChatRequest, http: Request):
     body.grammar()  # a bad schema or tool choice is a 400 before any model loads
     target = await run_in_threadpool(generation.resolve_target, state.pool, body.model)
     generation.check_chars(target, generation.text_chars([messages, tools]), "messages")
+    renderer = ChatRenderer(target.engine.tokenizer)
+    body.use_syntax(renderer.syntax)
     try:  # rendering and tokenising take a while for long prompts: not on the event loop
-        prompt = await run_in_threadpool(ChatRenderer(target.engine.tokenizer).render_prompt, messages, tools)
+        prompt = await run_in_threadpool(renderer.render_prompt, messages, tools)
     except TemplateError as exc:
         raise APIError(400, str(exc), param="messages") from exc
     max_tokens = generation.check_context(target, prompt, body.max_completion_tokens or body.max_tokens)
@@ -54,7 +56,7 @@ async def chat_completions(state: State, body: ChatRequest, http: Request):
     if params.grammar is not None:
         await generation.check_grammar(target, params.grammar)
     stream = generation.start(target, [(prompt, params)], body.n)
-    outputs = [ChoiceOutput(body.calls_tools()) for _ in range(body.n)]
+    outputs = [ChoiceOutput(body.calls_tools(), renderer.syntax) for _ in range(body.n)]
     meta = {"id": random_id("chatcmpl-"), "created": int(time.time()), "model": body.model}
     keep = _keeper(state, body, time.perf_counter()) if body.store else None
     if body.stream:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from tuneloop.api.errors import APIError
+from tuneloop.data.tools import HERMES, CallSyntax
 from tuneloop.engine.engine import TokenEvent
 from tuneloop.engine.grammar import (
     FunctionSpec,
@@ -205,7 +206,8 @@ class ChatRequest(SamplingRequest):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    _grammar: tuple[GrammarSpec | None] | None = PrivateAttr(default=None)  # computed once
+    _grammar: tuple[GrammarSpec | None] | None = PrivateAttr(default=None)  # computed once per call syntax
+    _syntax: CallSyntax = PrivateAttr(default=HERMES)
 
     def logprob_settings(self) -> tuple[bool, int]:
         if self.top_logprobs and not self.logprobs:
@@ -223,9 +225,15 @@ class ChatRequest(SamplingRequest):
         """The tools as the chat template takes them (the request's own fields), None without tools."""
         return [t.model_dump(exclude_unset=True) for t in self.tools] if self.tools else None
 
+    def use_syntax(self, syntax: CallSyntax) -> None:
+        """Write and read tool calls as the serving model's chat template does (default: ``HERMES``)."""
+        if syntax != self._syntax:
+            self._syntax, self._grammar = syntax, None
+
     def grammar(self) -> GrammarSpec | None:
         """The constraint on the output: tool calls (``required``, a named function, or once a call
-        starts under ``auto``), a JSON schema, any JSON object; 400s naming what cannot be used."""
+        starts under ``auto``) in the model's call syntax, a JSON schema, any JSON object; 400s naming
+        what cannot be used."""
         if self._grammar is None:
             self._grammar = (self._build_grammar(),)
         return self._grammar[0]
@@ -252,7 +260,7 @@ class ChatRequest(SamplingRequest):
         try:
             return tool_call_grammar(
                 functions, required=choice != "auto", parallel=self.parallel_tool_calls is not False,
-                answer=answer if choice == "auto" else None,
+                answer=answer if choice == "auto" else None, syntax=self._syntax,
             )  # fmt: skip
         except GrammarError as exc:
             raise _invalid(f"Invalid tools: {exc}", "tools", "invalid_function_parameters") from exc

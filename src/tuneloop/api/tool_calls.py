@@ -1,6 +1,6 @@
 """One chat choice's generated text as OpenAI returns it: content, or tool calls parsed out of it.
 
-With tools on, the text goes through ``data/tools.py``'s parser: a whole answer becomes
+With tools on, the text goes through ``data/tools.py``'s parser (in the model's call syntax): a whole answer becomes
 ``message.tool_calls`` (ids ``call_…``, ``content`` null when there are only calls) and a streamed
 one becomes ``delta.tool_calls`` chunks as OpenAI streams them (index, id, type, name and empty
 arguments first, then argument fragments). A choice that made calls and ended by itself finishes
@@ -17,15 +17,15 @@ from tuneloop.api.protocol import (
     ToolCall,
     ToolCallDelta,
 )
-from tuneloop.data.tools import ArgumentsPiece, CallStart, ContentPiece, Piece, ToolCallParser
+from tuneloop.data.tools import HERMES, ArgumentsPiece, CallStart, CallSyntax, ContentPiece, Piece, ToolCallParser
 from tuneloop.store.ids import random_id
 
 
 class ChoiceOutput:
     """The text of one choice, turned into a message or stream deltas (tool calls parsed when ``tools``)."""
 
-    def __init__(self, tools: bool):
-        self.parser = ToolCallParser() if tools else None
+    def __init__(self, tools: bool, syntax: CallSyntax = HERMES):
+        self.parser = ToolCallParser(syntax) if tools else None
         self.ids: list[str] = []  # call ids, by call index
         self.content = ""  # the answer's text outside calls, so far
 

@@ -12,13 +12,26 @@ character offsets, and a token is trained when it starts inside an assistant spa
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tuneloop.data.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, format_tool_call
+from tuneloop.data.tools import (
+    HERMES,
+    LLAMA3_JSON,
+    MISTRAL,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    CallSyntax,
+    arguments_value,
+    format_tool_call,
+    parse_tool_calls,
+)
 from tuneloop.errors import TuneloopError
 
 #: Used when a model ships without a chat template (base models): ChatML, as SmolLM2 uses.
@@ -83,12 +96,33 @@ def tool_call_text(message: Message) -> str:
     return "".join(calls)
 
 
+def _native_call(call: Message, short_ids: bool) -> Message:
+    """A call as templates that render tools take it: arguments as a value (OpenAI sends a JSON string)."""
+    fn = call.get("function") or {}
+    out = {**call, "function": {**fn, "arguments": arguments_value(fn.get("arguments", {}))}}
+    if short_ids and isinstance(call.get("id"), str):
+        out["id"] = _short_id(call["id"])
+    return out
+
+
+def _short_id(call_id: str) -> str:
+    """A call id as Mistral's templates require it (9 letters or digits), the same for a call and its result."""
+    if re.fullmatch(r"[A-Za-z0-9]{9}", call_id):
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
+
+
 def _template_messages(
-    messages: Sequence[Message], tools: list | None, native_tools: bool, wrap: Sequence[int] = ()
+    messages: Sequence[Message],
+    tools: list | None,
+    native_tools: bool,
+    wrap: Sequence[int] = (),
+    short_ids: bool = False,
 ) -> list[Message]:
     """Messages as plain dicts the template can render: text content, tools inlined when needed.
 
-    The content of the messages at indices ``wrap`` is enclosed in sentinel characters.
+    The content of the messages at indices ``wrap`` is enclosed in sentinel characters; with
+    ``short_ids`` call ids become the 9 characters Mistral's templates require.
     """
     out: list[Message] = []
     for i, m in enumerate(messages):
@@ -96,9 +130,10 @@ def _template_messages(
         if m.get("name"):
             msg["name"] = m["name"]
         if native_tools:
-            for key in ("tool_calls", "tool_call_id"):
-                if key in m:
-                    msg[key] = m[key]
+            if m.get("tool_calls"):
+                msg["tool_calls"] = [_native_call(c, short_ids) for c in m["tool_calls"]]
+            if "tool_call_id" in m:
+                msg["tool_call_id"] = _short_id(m["tool_call_id"]) if short_ids else m["tool_call_id"]
         elif "tool_calls" in m or "function_call" in m:
             msg["content"] = answer_text(m)
         if i in wrap:
@@ -117,6 +152,22 @@ def _template_messages(
     return out
 
 
+_PROBE_ARGUMENTS = ("probe_fn", {"probe_arg": 1})
+_PROBE_CALL = {"id": "abcDEF123", "type": "function", "function": {"name": "probe_fn", "arguments": '{"probe_arg": 1}'}}
+_PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_fn", "description": "A probe.", "parameters": {
+    "type": "object", "properties": {"probe_arg": {"type": "integer"}}}}}]  # fmt: skip
+_SYNTAXES: dict[tuple, CallSyntax | None] = {}
+
+
+def _native_syntax(renderer: ChatRenderer) -> CallSyntax | None:
+    """:meth:`ChatRenderer.call_syntax`, once per template and vocabulary."""
+    tok = renderer.tokenizer
+    key = (renderer.template, type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok))
+    if key not in _SYNTAXES:
+        _SYNTAXES[key] = renderer.call_syntax()
+    return _SYNTAXES[key]
+
+
 @lru_cache(maxsize=16)
 def _compiled(template: str):
     """Compile a template exactly as transformers' ``apply_chat_template`` does (cached)."""
@@ -131,11 +182,45 @@ class ChatRenderer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.template = tokenizer.chat_template or CHATML_TEMPLATE
+        #: How answers write tool calls: the template's own way when it renders tools and writes calls
+        #: in a syntax ``data/tools.py`` parses, else the default (tools listed in the system turn).
+        self.syntax = HERMES
         self.native_tools = "tools" in self.template
         self._special = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._turn_end: str | None = None
+        if self.native_tools:
+            syntax = _native_syntax(self)
+            self.native_tools, self.syntax = syntax is not None, syntax or HERMES
         self.fast = self._probe_fast_path()
+
+    def _messages(self, messages: Sequence[Message], tools: list | None, wrap: Sequence[int] = ()) -> list[Message]:
+        return _template_messages(messages, tools, self.native_tools, wrap, short_ids=self.syntax.call_ids)
+
+    def call_syntax(self) -> CallSyntax | None:
+        """Which known syntax this (tool-rendering) template writes calls in, None when none: the
+        probe call rendered by the template, decoded as serving decodes generated tokens (special
+        tokens dropped), must parse back to exactly that call and nothing else."""
+        user: list[Message] = [{"role": "user", "content": "Which?"}]
+        answer: Message = {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}
+        try:
+            before = self._render(self._messages(user, _PROBE_TOOLS), _PROBE_TOOLS, True)
+            full = self._render(self._messages([*user, answer], _PROBE_TOOLS), _PROBE_TOOLS, False)
+        except TemplateError:
+            return None
+        if not full.startswith(before):
+            return None
+        ids = self.tokenizer(full[len(before) :], add_special_tokens=False)["input_ids"]
+        decoded = self.tokenizer.decode(ids, skip_special_tokens=True)
+        specials = set(getattr(self.tokenizer, "all_special_tokens", ()))
+        specials |= {t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values() if t.special}
+        for syntax in (HERMES, LLAMA3_JSON, MISTRAL):
+            if syntax.opener.strip() in specials:
+                syntax = dataclasses.replace(syntax, opener_token=self.tokenizer.convert_tokens_to_ids(syntax.opener))
+            content, calls = parse_tool_calls(decoded, syntax)
+            if not content.strip() and [(c.name, json.loads(c.arguments)) for c in calls] == [_PROBE_ARGUMENTS]:
+                return syntax
+        return None
 
     def _probe_fast_path(self) -> bool:
         """Whether one rendering with sentinels gives the same spans as rendering every prefix.
@@ -159,7 +244,7 @@ class ChatRenderer:
 
     def text(self, messages: Sequence[Message], tools: list | None = None, add_generation_prompt: bool = False) -> str:
         """The conversation rendered to text by the chat template."""
-        return self._render(_template_messages(messages, tools, self.native_tools), tools, add_generation_prompt)
+        return self._render(self._messages(messages, tools), tools, add_generation_prompt)
 
     def _render(self, msgs: list[Message], tools: list | None, add_generation_prompt: bool) -> str:
         try:
@@ -189,7 +274,7 @@ class ChatRenderer:
         trained = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("weight", 1) != 0]
         if self.native_tools and any("tool_calls" in messages[i] for i in trained):
             return None
-        msgs = _template_messages(messages, tools, self.native_tools, wrap=trained)
+        msgs = self._messages(messages, tools, wrap=trained)
         if sum(m["content"].count(_OPEN) + m["content"].count(_CLOSE) for m in msgs) != 2 * len(trained):
             return None  # the data itself contains a sentinel character
         raw = self._render(msgs, tools, add_generation_prompt=False)

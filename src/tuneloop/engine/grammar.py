@@ -15,6 +15,7 @@ layout the training data's tool calls are rendered in (``data/tools.py``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import llguidance.hf
 import numpy as np
 import torch
 
-from tuneloop.data.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, call_head
+from tuneloop.data.tools import HERMES, CallSyntax
 from tuneloop.errors import TuneloopError
 
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -147,36 +148,61 @@ def _arguments_schema(parameters: dict | None) -> dict:
 
 
 def tool_call_grammar(
-    functions: Sequence[FunctionSpec], *, required: bool, parallel: bool, answer: dict | None = None
+    functions: Sequence[FunctionSpec],
+    *,
+    required: bool,
+    parallel: bool,
+    answer: dict | None = None,
+    syntax: CallSyntax = HERMES,
 ) -> GrammarSpec:
-    """Tool calls in the default format, each naming one of ``functions`` with arguments valid against
-    its schema. ``required``: the answer is calls only (one, or several with ``parallel``). Else the
-    answer is free text until it opens a call (a lazy trigger on the tag), then calls to the end; or,
-    with an ``answer`` schema, either a JSON text valid against it or calls."""
+    """Tool calls written in ``syntax``, each naming one of ``functions`` with arguments valid against
+    its schema. ``required``: the answer is calls only (one, or several with ``parallel`` when the
+    syntax allows it). Else the answer is free text, or calls: after the text once it opens a call
+    (a lazy trigger on the tag) for tagged syntaxes, from its start for the others (text then cannot
+    start like a call); or, with an ``answer`` schema, either a JSON text valid against it or calls."""
     if not functions:
         raise GrammarError("no functions to call")
-    opening, closing = _literal(TOOL_CALL_OPEN + "\n"), _literal("\n" + TOOL_CALL_CLOSE)
-    calls = "block" + ("+" if parallel else "")
-    lines = ["%llguidance {}"]
+    parallel = parallel and syntax.parallel
+    lines = ["%llguidance {}", *_calls_rules(syntax, parallel)]
     if required:
-        lines.append(f"start: {calls}")
+        lines.append("start: calls")
     elif answer is not None:
-        lines.append(f"start: @answer | {calls}")
-    else:
-        more = " block*" if parallel else ""
+        lines.append("start: @answer | calls")
+    elif syntax.tagged or not syntax.leading:  # text, then calls once the tag appears in it
         lines += [
-            f'start: TEXT | trigger "\\n" call {closing}{more}',
+            "start: TEXT | trigger after_opener",
             "TEXT: /(.|\\n)*/",
-            f"trigger[lazy]: /(.|\\n)*{TOOL_CALL_OPEN}/",
+            f"trigger[lazy]: /(.|\\n)*{re.escape(syntax.opener.strip())}/",
         ]
-    lines += [f"block: {opening} call {closing}", "call: " + " | ".join(f"call_{i}" for i in range(len(functions)))]
-    lines += [f'call_{i}: {_literal(call_head(f.name))} @args_{i} "}}"' for i, f in enumerate(functions)]
+    else:  # calls start the answer, or it is text that does not start like them
+        first = re.escape((syntax.list_open.strip() or "{")[0])
+        lines += ["start: calls | TEXT", f"TEXT: /\\s*([^{first}\\s](.|\\n)*)?/"]
+    lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(functions))))
+    call_id = " ID?" if syntax.call_ids else ""
+    lines += [f'call_{i}: {_literal(syntax.head(f.name))} @args_{i}{call_id} "}}"' for i, f in enumerate(functions)]
+    if syntax.call_ids:
+        lines.append('ID: /, "id": "[A-Za-z0-9]{9}"/')
     grammars: list[dict] = [{"lark_grammar": "\n".join(lines) + "\n"}]
     grammars += [{"name": f"args_{i}", "json_schema": _with_options(_arguments_schema(f.parameters))}
                  for i, f in enumerate(functions)]  # fmt: skip
     if answer is not None and not required:
         grammars.append({"name": "answer", "json_schema": _with_options(check_schema(answer))})
     return _validated(json.dumps({"grammars": grammars}), "tool_calls")
+
+
+def _calls_rules(syntax: CallSyntax, parallel: bool) -> list[str]:
+    """Lark rules ``calls`` (the whole calls part) and ``after_opener`` (what follows the opening tag)."""
+    opener = f"<[{syntax.opener_token}]>" if syntax.opener_token is not None else _literal(syntax.opener)
+    if syntax.tagged:  # each call tagged: <tool_call>\n{...}\n</tool_call>, one after another
+        head = syntax.opener[len(syntax.opener.strip()) :]  # what the trigger leaves of the tag ("\n")
+        block, close = f"{opener} call {_literal(syntax.call_close)}", _literal(syntax.call_close)
+        more = " block*" if parallel else ""
+        return [f"calls: block{'+' if parallel else ''}", f"block: {block}",
+                f"after_opener: {_literal(head)} call {close}{more}"]  # fmt: skip
+    items = f"call ({_literal(syntax.separator)} call)*" if parallel else "call"
+    body = " ".join(p for p in (_literal(syntax.list_open), items, _literal(syntax.list_close)) if p != '""')
+    calls = f"{opener} {body}" if syntax.opener else body
+    return [f"calls: {calls}", f"after_opener: {body}"]
 
 
 # --- the constraint -------------------------------------------------------------------------------------
