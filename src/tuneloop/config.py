@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Upstream(BaseModel):
+    """An upstream OpenAI-compatible server of gateway mode: ``NAME=[KEY_ENV@]BASE_URL``.
+
+    Requests for model ``NAME/<id>`` go to ``BASE_URL`` as model ``<id>``, with the key held by the
+    environment variable ``KEY_ENV`` (its name only is kept here, never the key).
+    """
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    base_url: str
+    key_env: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> Upstream:
+        """``NAME=[KEY_ENV@]BASE_URL``; a ValueError with a one-line reason when it is not that."""
+        name, sep, rest = value.strip().partition("=")
+        if not sep or not rest:
+            raise ValueError(f"expected NAME=[KEY_ENV@]BASE_URL, got '{value}'")
+        if not _UPSTREAM_NAME.match(name):
+            raise ValueError(f"the name '{name}' must be 1-64 letters, digits, '.', '_' or '-' (no '/')")
+        key_env, at, url = rest.partition("@")
+        if not at or "://" in key_env:  # no key, or an '@' inside the URL (http://user@host)
+            key_env, url = None, rest
+        elif not _ENV_VAR.match(key_env):
+            raise ValueError(f"'{key_env}' is not an environment variable name (in '{value}')")
+        if not re.match(r"^https?://[^/\s]+", url) or any(c.isspace() for c in url):
+            raise ValueError(f"the base URL '{url}' of '{name}' must start with http:// or https://")
+        return cls(name=name, base_url=url.rstrip("/"), key_env=key_env)
+
+    def spec(self) -> str:
+        """The ``NAME=[KEY_ENV@]BASE_URL`` text this upstream was parsed from."""
+        return f"{self.name}={self.key_env + '@' if self.key_env else ''}{self.base_url}"
+
+
+def check_upstreams(upstreams: list[Upstream]) -> list[Upstream]:
+    """``upstreams`` if no two share a name; a ValueError naming the first repeated one."""
+    seen: set[str] = set()
+    for u in upstreams:
+        if u.name in seen:
+            raise ValueError(f"two upstreams are named '{u.name}'")
+        seen.add(u.name)
+    return upstreams
 
 
 class Settings(BaseSettings):
@@ -77,11 +125,39 @@ class Settings(BaseSettings):
             "side waits at every barrier."
         ),
     )
+    upstreams: list[Upstream] = Field(
+        default_factory=list,
+        description="Gateway mode: upstream OpenAI-compatible servers, each NAME=[KEY_ENV@]BASE_URL (tuneloop "
+        "serve --upstream; here a JSON list of such strings). A chat request for model NAME/<id> that tuneloop "
+        "does not host goes to BASE_URL as model <id>, with the key from the environment variable KEY_ENV.",
+    )
+    upstream_timeout_seconds: float = Field(
+        default=300.0, gt=0,
+        description="How long the gateway waits for an upstream to connect or to send more of its answer "
+        "(the whole of a non-streamed one) before answering 504 upstream_timeout.",
+    )  # fmt: skip
+    upstream_retries: int = Field(
+        default=2, ge=0, le=10,
+        description="Retries of a request an upstream could not take (connection failed, 408, 409, 429, 5xx), "
+        "with exponential backoff or the upstream's retry-after (up to 30 s); never once an answer streams.",
+    )  # fmt: skip
     train_nice: int = Field(
         default=5, ge=0, le=19,
         description="How much lower the OS priority of training runs (tuneloop train, the worker's jobs) "
         "than serving on the same machine (a nice increment; 0: the same).",
     )  # fmt: skip
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _parse_upstreams(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Upstream.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_upstreams(cls, value: list[Upstream]) -> list[Upstream]:
+        return check_upstreams(value)
 
     @property
     def models_dir(self) -> Path:

@@ -186,6 +186,32 @@ def test_cli_without_scikit_learn_notes_it_and_goes_on(api_server, files, tmp_pa
     assert data["notes"] == [baseline.MISSING_NOTE] and len(data["candidates"]) == 2
 
 
+def test_student_against_its_teacher(api_server, files, tmp_path):
+    """--teacher with its own long system prompt, --reference teacher: agreement with the teacher is the
+    primary metric, the data's references are still graded, and the teacher's prompt tokens are shown."""
+    from tuneloop.cli.eval import eval_command
+
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    system = tmp_path / "teacher-system.txt"
+    system.write_text("You answer questions with one word, yes or no. " * 20)
+    args = ["--data", str(files["heldout"]), "--base", "tiny-llama", "--teacher", "tiny-llama",
+            "--teacher-system-file", str(system), "--reference", "teacher", "--base-url", api_server.base_url,
+            "--max-tokens", "2", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["primary_metric"] == "teacher_agreement" and data["graders"][0] == "teacher"
+    teacher, student = data["candidates"][1], data["candidates"][0]
+    assert teacher["name"] == "teacher: tiny-llama" and teacher["metrics"]["teacher_agreement"] == 1.0
+    assert 0.0 <= student["metrics"]["teacher_agreement"] <= 1.0 and "accuracy" in student["metrics"]
+    assert teacher["mean_prompt_tokens"] > 5 * student["mean_prompt_tokens"]
+    assert "teacher_agreement" in result.output
+    bad = CliRunner().invoke(app, ["--data", str(files["heldout"]), "--base", "x", "--reference", "teacher"])
+    assert getattr(bad.exception, "exit_code", None) == 2
+    assert "--reference teacher needs --teacher" in str(bad.exception)
+
+
 def test_unreachable_server_and_unknown_model(api_server, files):
     config = EvalConfig(
         data=files["heldout"],

@@ -16,6 +16,7 @@ from tuneloop import __version__
 from tuneloop.api import chat, completions, files, fine_tuning, models, stored
 from tuneloop.api.errors import error_response, install_error_handlers
 from tuneloop.api.state import AppState
+from tuneloop.api.upstream import Upstreams
 from tuneloop.config import Settings
 from tuneloop.engine.model_pool import EngineOptions, ModelPool
 from tuneloop.jobs.worker import Worker
@@ -34,6 +35,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
         adaptive_threads=settings.adaptive_threads,
     )  # fmt: skip
     state.pool = ModelPool(state.catalog, state.jobs, options)
+    state.upstreams = Upstreams.open(settings)  # gateway mode: one HTTP client per upstream, closed at shutdown
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,6 +53,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
             thread.join(timeout=90)
         for engine in state.pool.engines().values():
             engine.close(cancel=True)
+        await state.upstreams.aclose()
 
     app = FastAPI(title="tuneloop", version=__version__, lifespan=lifespan)
     app.state.tuneloop = state

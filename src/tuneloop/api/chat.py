@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from tuneloop.api import generation
+from tuneloop.api import generation, upstream
 from tuneloop.api.errors import APIError, generation_failed
 from tuneloop.api.generation import Stream, Target, TokenEvent
 from tuneloop.api.protocol import (
@@ -41,6 +41,9 @@ State = Annotated[AppState, Depends(get_state)]
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(state: State, body: ChatRequest, http: Request):
+    if (teacher := await upstream.route(state, body.model)) is not None:  # gateway mode: NAME/<model> upstream
+        keep = _keeper(state, body, time.perf_counter()) if body.store else None
+        return await teacher.chat(body, await http.body(), keep)
     messages, tools = body.rendered_messages(), body.rendered_tools()
     body.grammar()  # a bad schema or tool choice is a 400 before any model loads
     target = await run_in_threadpool(generation.resolve_target, state.pool, body.model)

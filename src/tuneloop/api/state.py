@@ -1,12 +1,13 @@
-"""What the API handlers share: settings, the database, the stores and the model catalog."""
+"""What the API handlers share: settings, the database, the stores, the model catalog and the upstreams."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy.engine import Engine
 
+from tuneloop.api.upstream import Upstreams
 from tuneloop.config import Settings
 from tuneloop.engine.model_pool import ModelPool
 from tuneloop.models import Catalog
@@ -27,6 +28,7 @@ class AppState:
     catalog: Catalog
     completions: CompletionStore
     pool: ModelPool | None = None
+    upstreams: Upstreams = field(default_factory=Upstreams)  # gateway mode's (api/upstream.py)
 
     @classmethod
     def open(cls, settings: Settings) -> AppState:

@@ -101,6 +101,15 @@ def eval_command(
         "--candidate",
         help="Extra zero-shot candidate: MODEL or MODEL@URL, e.g. a hosted model (its key: OPENAI_API_KEY).",
     ),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="A distillation's teacher as a candidate: MODEL or MODEL@URL (key: OPENAI_API_KEY)."
+    ),
+    teacher_system: Path | None = typer.Option(
+        None, "--teacher-system-file", help="The teacher's own (long) system prompt, replacing the data's."
+    ),
+    reference: str = typer.Option(
+        "data", "--reference", help="data: grade against the held-out answers; teacher: also against the teacher's."
+    ),
     grader: str = typer.Option("auto", "--grader", help=f"One of: {', '.join(GRADERS)}."),
     operation: str = typer.Option("eq", "--operation", help="string_check operation: eq, ne, like, ilike."),
     judge_model: str | None = typer.Option(None, "--judge-model", help="Model for the pairwise judge."),
@@ -127,7 +136,9 @@ def eval_command(
 ) -> None:
     """Evaluate base (zero-shot, few-shot) and fine-tuned models on held-out data through the API.
 
-    Prints quality, tokens and latency per candidate with ratios against the few-shot baseline;
+    With --teacher and --reference teacher (a distilled student against its teacher) every candidate
+    is also graded against the teacher's answers (teacher_agreement, the primary metric). Prints
+    quality, tokens and latency per candidate with ratios against the few-shot baseline;
     on a label set with --train also a local TF-IDF + logistic regression candidate and each
     candidate's invalid and wrong label rates; with --out also writes report.json and report.html.
     """
@@ -135,9 +146,13 @@ def eval_command(
         raise _BadOption(f"unknown grader '{grader}'; choose one of: {', '.join(GRADERS)}")
     if operation not in OPERATIONS:
         raise _BadOption(f"unknown string_check operation '{operation}'; choose one of: {', '.join(OPERATIONS)}")
+    if reference not in ("data", "teacher"):
+        raise _BadOption(f"--reference '{reference}': choose data or teacher")
+    if reference == "teacher" and teacher is None:
+        raise _BadOption("--reference teacher needs --teacher MODEL[@URL]")
     if grader == "judge" and not judge_model:
         raise _BadOption("--grader judge needs --judge-model")
-    for path in [data, *([train] if train else []), *metrics_csv]:
+    for path in [data, *([train] if train else []), *([teacher_system] if teacher_system else []), *metrics_csv]:
         if not path.is_file():
             raise _BadOption(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     api_key = os.environ.get("TUNELOOP_API_KEY") or PLACEHOLDER_KEY
@@ -158,6 +173,11 @@ def eval_command(
         name = f"{model}@{url.split('//', 1)[1].split('/', 1)[0]}" if url else model
         key = _other_endpoint_key() if url and url != base_url else None
         candidates.append(Candidate(name, model, base_url=url, api_key=key))
+    if teacher is not None:
+        model, url = _parse_candidate(teacher)
+        key = _other_endpoint_key() if url and url != base_url else None
+        system = teacher_system.read_text(encoding="utf-8") if teacher_system else None
+        candidates.append(Candidate(f"teacher: {model}", model, base_url=url, api_key=key, system=system, teacher=True))
     if train is None:
         typer.echo("note: no --train file, so no few-shot baseline; ratios are against the zero-shot base", err=True)
 
@@ -182,6 +202,7 @@ def eval_command(
         baseline=baseline,
         classical_baseline=tfidf,
         progress=progress,
+        reference=reference,  # type: ignore[arg-type]
     )
     report = build_report(run_eval(config), disagreements=examples)
     print_report(report, _console(), examples=examples > 0)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Fine-tuning jobs on the tuneloop server (OpenAI's Fine-tuning API).", no_args_is_help=True)
 
 
-def _check_metadata(values: list[str]) -> list[str]:
+def check_metadata(values: list[str]) -> list[str]:
     """An option callback: every ``--metadata`` value must be ``KEY=VALUE``."""
     for item in values:
         if not item.partition("=")[0] or "=" not in item:
@@ -56,7 +56,7 @@ def create(
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for reproducible training."),
     method: Method = TrainingMethod.lora,
     metadata: list[str] = typer.Option(
-        [], "--metadata", metavar="KEY=VALUE", callback=_check_metadata, help="Tag the job (repeatable)."
+        [], "--metadata", metavar="KEY=VALUE", callback=check_metadata, help="Tag the job (repeatable)."
     ),
     follow_job: bool = typer.Option(False, "--follow", help="Follow the job until it finishes."),
     interval: float = typer.Option(2.0, "--interval", min=0.05, help="Seconds between polls with --follow."),
@@ -72,13 +72,7 @@ def create(
         "metadata": dict(m.split("=", 1) for m in metadata) or None,
     }
     with connect(base_url) as client:
-        job = client.fine_tuning.jobs.create(
-            model=model,
-            training_file=training_file,
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            extra_body={"training_method": method.value},
-            **{k: v for k, v in optional.items() if v is not None},
-        )
+        job = submit(client, model, training_file, hyperparameters, method, **optional)
         if as_json:
             _echo_json(job.model_dump())
         else:
@@ -88,7 +82,25 @@ def create(
                 typer.echo(f"follow it with: tuneloop jobs follow {job.id}")
             return
         final = watch(client, job.id, interval)
-    _finish(final)
+    finish(final)
+
+
+def submit(
+    client: OpenAI,
+    model: str,
+    training_file: str,
+    hyperparameters: dict[str, int | float | str],
+    method: TrainingMethod = TrainingMethod.lora,
+    **optional: Any,
+) -> FineTuningJob:
+    """Create a supervised job; ``optional`` holds validation_file, suffix, seed, metadata (None: not sent)."""
+    return client.fine_tuning.jobs.create(
+        model=model,
+        training_file=training_file,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        extra_body={"training_method": method.value},
+        **{k: v for k, v in optional.items() if v is not None},
+    )
 
 
 @app.command("list")
@@ -225,7 +237,7 @@ def follow(
     """
     with connect(base_url) as client:
         final = watch(client, job_id, interval)
-    _finish(final)
+    finish(final)
 
 
 def watch(client: OpenAI, job_id: str, interval: float = 2.0) -> FineTuningJob:
@@ -233,7 +245,7 @@ def watch(client: OpenAI, job_id: str, interval: float = 2.0) -> FineTuningJob:
     return follow_on(client, job_id, interval, console=output_console(), events_page=EVENTS_PAGE)
 
 
-def _finish(job: FineTuningJob) -> None:
+def finish(job: FineTuningJob) -> None:
     """Report how a followed job ended; failed or cancelled jobs are errors (exit 1)."""
     if job.status == "succeeded":
         tokens = f" ({job.trained_tokens:,} trained tokens)" if job.trained_tokens else ""

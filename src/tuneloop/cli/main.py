@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from tuneloop.cli import chat, data, files, jobs, models, serve
+from tuneloop.cli import chat, data, distill, files, jobs, models, serve
 from tuneloop.cli import eval as eval_cli
 from tuneloop.cli import train as train_cli
 from tuneloop.cli.quickstart import quickstart
@@ -29,6 +29,7 @@ app.command("train")(train_cli.train)
 app.command("eval")(eval_cli.eval_command)
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
+app.command("distill")(distill.distill)
 
 
 def main() -> None:

@@ -72,6 +72,10 @@ class Candidate:
     api_key: str | None = None
     #: None: zero-shot; ``"auto"``: as many training shots as fit the token budget; an int: that many.
     few_shot: int | Literal["auto"] | None = None
+    #: Replaces the prompts' system messages (a teacher's long instruction prompt, say).
+    system: str | None = None
+    #: The teacher of a distillation: with ``EvalConfig.reference = "teacher"`` its answers are the references.
+    teacher: bool = False
 
     @property
     def is_few_shot(self) -> bool:
@@ -124,6 +128,9 @@ class EvalConfig:
     #: On a label set with a training file, add the TF-IDF + logistic regression candidate (needs scikit-learn).
     classical_baseline: bool = True
     progress: bool = True
+    #: ``"teacher"``: also grade every candidate against the teacher candidate's answers
+    #: (``teacher_agreement``, then the primary metric); the data's references are still graded.
+    reference: Literal["data", "teacher"] = "data"
 
 
 @dataclass
@@ -351,15 +358,44 @@ def _run_all(tasks: list[Callable[[], Any]], workers: int, bar) -> list[Any]:
     return results
 
 
+def _with_system(prompt: list[dict], system: str | None) -> list[dict]:
+    """``prompt`` with its system messages replaced by ``system`` (unchanged when None)."""
+    if system is None:
+        return prompt
+    return [{"role": "system", "content": system}, *(m for m in prompt if m.get("role") != "system")]
+
+
 def _prompts(config: EvalConfig, candidate: Candidate, items: list[EvalItem], pool) -> list[tuple[list[dict], int]]:
     if not candidate.is_few_shot:
-        return [(item.prompt, 0) for item in items]
+        return [(_with_system(item.prompt, candidate.system), 0) for item in items]
     if pool is None:
         raise TuneloopError(f"candidate '{candidate.name}' is few-shot: give a training file to draw examples from")
     k = None if candidate.few_shot == "auto" else int(candidate.few_shot)  # type: ignore[arg-type]
     count = config.count_tokens or estimate_tokens
     prompter = FewShotPrompter(pool, k=k, token_budget=config.fewshot_budget, seed=config.seed, count_tokens=count)
-    return [prompter.build(item.prompt) for item in items]
+    return [prompter.build(_with_system(item.prompt, candidate.system)) for item in items]
+
+
+def teacher_of(config: EvalConfig) -> Candidate | None:
+    """The teacher candidate (at most one); required when the references are the teacher's answers."""
+    teachers = [c for c in config.candidates if c.teacher]
+    if len(teachers) > 1:
+        raise TuneloopError(f"only one teacher candidate, not {len(teachers)}")
+    if config.reference == "teacher" and not teachers:
+        raise TuneloopError("the references are the teacher's answers: give a teacher candidate")
+    return teachers[0] if teachers else None
+
+
+def grade_against_teacher(runs: list[CandidateRun], teacher: str, config: EvalConfig, check) -> None:
+    """Add ``teacher_agreement`` to every run: its answers graded against the teacher's, by the grader
+    the teacher's answers call for (labels of its own on a classification task)."""
+    references = [r.output for r in next(run for run in runs if run.candidate.name == teacher).results]
+    grader = select_graders(references, config.grader, config.string_check_operation, (), check)[0]
+    for run in runs:
+        result = grader.grade([r.output for r in run.results], references)
+        agreement = result.metrics[result.primary]
+        run.grades.insert(0, GradeResult("teacher", "teacher_agreement", {"teacher_agreement": agreement},
+                                         result.scores))  # fmt: skip
 
 
 def classical_run(
@@ -404,6 +440,9 @@ def run_eval(config: EvalConfig) -> EvalRun:
     if config.judge is not None and len(config.candidates) < 2:
         raise TuneloopError("the judge compares candidates with the baseline: give at least two candidates")
     baseline = choose_baseline(config.candidates, config.baseline)
+    teacher = teacher_of(config)
+    if config.reference == "teacher" and not graders:
+        raise TuneloopError("agreement with the teacher needs a reference grader, not only the judge")
     tool_task = bool(graders) and graders[0].name == "tools"
     labels = None if tool_task else known_labels(references, train_answers)
     prompts = {c.name: _prompts(config, c, items, pool) for c in config.candidates}
@@ -438,6 +477,8 @@ def run_eval(config: EvalConfig) -> EvalRun:
             outputs = [r.output for r in run.results]
             run.grades = [g.grade(outputs, references) for g in graders]
             run.label_outcomes = label_outcomes(outputs, references, labels) if labels is not None else None
+        if teacher is not None and config.reference == "teacher":
+            grade_against_teacher(runs, teacher.name, config, check)
         if config.judge is not None:
             _judge(config, config.judge, items, runs, baseline, clients)
     finally:
