@@ -109,9 +109,10 @@ class Settings(BaseSettings):
         default="auto",
         description=(
             "What quantized layers multiply their codes with: int8 = activations rounded to int8 per block "
-            "of 32 (integer dot products, AVX-512 VNNI), with a float16 KV cache and float16 adapters: 1.3x "
-            "faster for one stream, 1.8x for 16, at a small, llama.cpp-like loss of precision; float32 = exact "
-            "float32 activations; auto = int8 where the CPU has the kernel, else float32."
+            "of 32 (integer dot products: AVX-512 VNNI, or AVX2's vpmaddubsw, bit-identical), with a float16 KV "
+            "cache and float16 adapters: faster (AVX-512 VNNI: 1.3x for one stream, 1.8x for 16), at a small, "
+            "llama.cpp-like loss of precision; float32 = exact float32 activations; auto = int8 where the C "
+            "kernels run (x86-64 with AVX2 and a C compiler), else float32."
         ),
     )
     num_threads: int | None = Field(

@@ -193,10 +193,11 @@ def test_student_against_its_teacher(api_server, files, tmp_path):
 
     app = typer.Typer()
     app.command("eval")(eval_command)
-    system = tmp_path / "teacher-system.txt"
-    system.write_text("You answer questions with one word, yes or no. " * 20)
+    prompt = tmp_path / "teacher-prompt.json"
+    shots = [{"role": "user", "content": "Is water wet?"}, {"role": "assistant", "content": "yes"}]
+    prompt.write_text(json.dumps([{"role": "system", "content": "You answer with one word, yes or no. " * 20}, *shots]))
     args = ["--data", str(files["heldout"]), "--base", "tiny-llama", "--teacher", "tiny-llama",
-            "--teacher-system-file", str(system), "--reference", "teacher", "--base-url", api_server.base_url,
+            "--teacher-prompt-file", str(prompt), "--reference", "teacher", "--base-url", api_server.base_url,
             "--max-tokens", "2", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, (result.output, result.exception)
@@ -210,6 +211,9 @@ def test_student_against_its_teacher(api_server, files, tmp_path):
     bad = CliRunner().invoke(app, ["--data", str(files["heldout"]), "--base", "x", "--reference", "teacher"])
     assert getattr(bad.exception, "exit_code", None) == 2
     assert "--reference teacher needs --teacher" in str(bad.exception)
+    prompt.write_text('[{"role": "tool", "content": "x"}]')
+    bad = CliRunner().invoke(app, [*args[:6], "--teacher-prompt-file", str(prompt), "--reference", "teacher"])
+    assert getattr(bad.exception, "exit_code", None) == 2 and "message 0: expected" in str(bad.exception)
 
 
 def test_unreachable_server_and_unknown_model(api_server, files):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ GRADERS = ("auto", "string_check", "exact", "classification", "json", "text_simi
 OPERATIONS = ("eq", "ne", "like", "ilike")
 
 
+PREAMBLE_ROLES = ("system", "developer", "user", "assistant")
+
+
 class _BadOption(TuneloopError):
     exit_code = 2
 
@@ -51,6 +55,25 @@ def _parse_candidate(spec: str) -> tuple[str, str | None]:
     if not model or (sep and not url.startswith(("http://", "https://"))):
         raise _BadOption(f"--candidate '{spec}': expected MODEL or MODEL@http(s)://HOST/v1")
     return model, url or None
+
+
+def _read_preamble(path: Path) -> tuple[dict, ...]:
+    """A teacher's prompt file: text is one system message; a ``.json`` file is a list of messages."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        return ({"role": "system", "content": text},)
+    try:
+        messages = json.loads(text)
+    except ValueError as exc:
+        raise _BadOption(f"{path.name}: not JSON ({exc})") from None
+    if not isinstance(messages, list) or not messages:
+        raise _BadOption(f"{path.name}: expected a non-empty JSON list of messages")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and m.get("role") in PREAMBLE_ROLES and isinstance(m.get("content"), str)):
+            raise _BadOption(
+                f'{path.name}: message {i}: expected {{"role": {"|".join(PREAMBLE_ROLES)}, "content": "..."}}'
+            )
+    return tuple(messages)
 
 
 def _job_curves(job_ids: list[str], base_url: str, api_key: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -104,8 +127,11 @@ def eval_command(
     teacher: str | None = typer.Option(
         None, "--teacher", help="A distillation's teacher as a candidate: MODEL or MODEL@URL (key: OPENAI_API_KEY)."
     ),
-    teacher_system: Path | None = typer.Option(
-        None, "--teacher-system-file", help="The teacher's own (long) system prompt, replacing the data's."
+    teacher_prompt: Path | None = typer.Option(
+        None,
+        "--teacher-prompt-file",
+        help="The teacher's own instruction prompt, replacing the data's system message: a text file (one "
+        "system message) or a .json list of messages (a system message and few-shot turns, say).",
     ),
     reference: str = typer.Option(
         "data", "--reference", help="data: grade against the held-out answers; teacher: also against the teacher's."
@@ -152,7 +178,7 @@ def eval_command(
         raise _BadOption("--reference teacher needs --teacher MODEL[@URL]")
     if grader == "judge" and not judge_model:
         raise _BadOption("--grader judge needs --judge-model")
-    for path in [data, *([train] if train else []), *([teacher_system] if teacher_system else []), *metrics_csv]:
+    for path in [data, *([train] if train else []), *([teacher_prompt] if teacher_prompt else []), *metrics_csv]:
         if not path.is_file():
             raise _BadOption(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     api_key = os.environ.get("TUNELOOP_API_KEY") or PLACEHOLDER_KEY
@@ -176,8 +202,10 @@ def eval_command(
     if teacher is not None:
         model, url = _parse_candidate(teacher)
         key = _other_endpoint_key() if url and url != base_url else None
-        system = teacher_system.read_text(encoding="utf-8") if teacher_system else None
-        candidates.append(Candidate(f"teacher: {model}", model, base_url=url, api_key=key, system=system, teacher=True))
+        preamble = _read_preamble(teacher_prompt) if teacher_prompt else None
+        candidates.append(
+            Candidate(f"teacher: {model}", model, base_url=url, api_key=key, preamble=preamble, teacher=True)
+        )
     if train is None:
         typer.echo("note: no --train file, so no few-shot baseline; ratios are against the zero-shot base", err=True)
 

@@ -2,8 +2,9 @@
 
 * ``tl_qmatmul``, ``tl_qmatmul4`` (``qmatmul.c``): products with group-quantized weights, int8 or
   4-bit codes (``quantized``).
-* ``tl_qmatmul_i8`` (``qmatmul_i8.c``, AVX-512 VNNI builds only): the same products with the
-  activations rounded to int8 (``quantized.Int8ActivationCodes``).
+* ``tl_qmatmul_i8`` (``qmatmul_i8.c``): the same products with the activations rounded to int8
+  (``quantized.Int8ActivationCodes``): ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` on AVX2, with
+  bit-identical results.
 * ``tl_decode_attention``, ``tl_decode_attention_f16`` (``attention.c``): one layer's RoPE, KV-cache
   write and attention for a step of many sequences and short prompts (``attention``), over float32
   or float16 caches.
@@ -18,6 +19,8 @@ compiler checks the definitions against it); ``SIGNATURES`` declares the same fo
 
 The sources are built with the system C compiler (AVX2 + FMA, AVX-512 lanes where the CPU has
 them, OpenMP) into ``~/.cache/tuneloop/kernels`` (a temporary folder where that is read-only).
+``TUNELOOP_KERNELS=avx2`` builds the AVX2 kernels whatever the CPU has (to measure, on an AVX-512
+machine, what an AVX2-only one runs).
 Where they cannot be built (no compiler, not x86-64 with AVX2/FMA/F16C) ``available()`` is False and
 the engine runs everything in torch.
 """
@@ -62,8 +65,8 @@ SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "tl_add_rmsnorm": (None, [_P, _P, _P, _F, _P, _I, _I]),
     "tl_silu_mul": (None, [_P, _P, _P, _I, _I]),
 }
-#: kernels only some builds have (``tl_qmatmul_i8``: AVX-512 VNNI builds)
-OPTIONAL = frozenset({"tl_qmatmul_i8"})
+#: the CPU flags ``TUNELOOP_KERNELS=avx2`` builds without
+AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512_vnni"})
 
 
 def library() -> ctypes.CDLL | None:
@@ -72,7 +75,7 @@ def library() -> ctypes.CDLL | None:
     with _LOCK:
         if _LIBRARY is None and _ERROR is None:
             try:
-                _LIBRARY = load(build())
+                _LIBRARY = load(build(kernel_flags()))
             except Exception as exc:  # no compiler, unsupported CPU, ...: torch does the work
                 _ERROR = str(exc)
                 log.warning("C kernels unavailable, serving with torch and float32 weights only: %s", exc)
@@ -100,18 +103,22 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def kernel_flags() -> set[str]:
+    """The CPU flags the kernels are built for: this CPU's, less AVX-512 with ``TUNELOOP_KERNELS=avx2``."""
+    choice = os.environ.get("TUNELOOP_KERNELS", "native").strip().lower()
+    if choice not in ("native", "avx2"):
+        raise RuntimeError(f"TUNELOOP_KERNELS={choice!r}: choose native or avx2")
+    flags = cpu_flags()
+    return flags - AVX512_FLAGS if choice == "avx2" else flags
+
+
 def lane_flags(flags: set[str]) -> list[str]:
     """Compiler flags for the widest vectors a CPU has beyond AVX2 (16-float AVX-512 lanes), and for
-    its int8 dot products (AVX-512 VNNI) where it has them."""
+    its int8 dot products (AVX-512 VNNI) where it has them (else ``qmatmul_i8.c`` takes AVX2's)."""
     if "avx512f" not in flags:
         return []
     vnni = ["-mavx512bw", "-mavx512vnni"] if {"avx512bw", "avx512_vnni"} <= flags else []
     return ["-mavx512f", *vnni]
-
-
-def has(lib: ctypes.CDLL, name: str) -> bool:
-    """Whether a built library has an optional kernel (``tl_qmatmul_i8``: AVX-512 VNNI builds)."""
-    return hasattr(lib, name)
 
 
 def build(flags: set[str] | None = None) -> Path:
@@ -148,8 +155,6 @@ def load(path: Path) -> ctypes.CDLL:
 
     lib = ctypes.CDLL(str(path))
     for name, (restype, argtypes) in SIGNATURES.items():
-        if name in OPTIONAL and not hasattr(lib, name):
-            continue
         function = getattr(lib, name)
         function.argtypes, function.restype = argtypes, restype
     return lib

@@ -50,8 +50,8 @@ def pack_model(
 
     With ``cache_dir`` the codes read from ``gguf`` are kept there (parsing a GGUF's metadata takes
     seconds; the cached codes load in a fraction of that) and checked against the weights again.
-    ``activations`` int8 (or auto, where the CPU has AVX-512 VNNI) lays the codes out for products
-    with activations rounded to int8 (``Int8ActivationCodes``)."""
+    ``activations`` int8 (or auto) lays the codes out for products with activations rounded to int8
+    (``Int8ActivationCodes``)."""
     if mode == "float32" or next(model.parameters()).device.type != "cpu" or not native.available():
         return {}
     packed = _codes(model, mode, gguf, cache_dir)
@@ -65,12 +65,11 @@ def int8_activations(activations: ServeActivations) -> bool:
     where this CPU has the kernel for it)."""
     if activations == "float32":
         return False
-    lib = native.library()
-    if lib is not None and native.has(lib, "tl_qmatmul_i8"):
+    if native.available():
         return True
     if activations == "int8":
         raise RuntimeError(
-            "int8 activations need a CPU with AVX-512 VNNI (set TUNELOOP_SERVE_ACTIVATIONS to auto or float32)"
+            f"int8 activations need the C kernels ({native.error()}; set TUNELOOP_SERVE_ACTIVATIONS to auto or float32)"
         )
     return False
 

@@ -111,7 +111,7 @@ class Int8ActivationCodes:
     The activations are rounded to int8 per block of 32 inputs (``scale = max|x| / 127``) and
     multiplied by the codes in integer arithmetic: lossy (about 0.4% of a block's largest input
     per element), and several times fewer instructions than float32 activations for many rows.
-    Build with ``from_codes``; ``matmul`` needs a library with ``tl_qmatmul_i8`` (AVX-512 VNNI).
+    Build with ``from_codes``; ``matmul`` needs the C kernels (``tl_qmatmul_i8``, AVX2 or AVX-512 VNNI).
     """
 
     codes: torch.Tensor  # uint8, blocks of 16 output rows x groups x 64-byte chunks (see qmatmul_i8.c)
@@ -158,8 +158,8 @@ class Int8ActivationCodes:
         """``x [M, K] @ W.T`` with ``x`` rounded to int8 per block of 32 (float32 in and out)."""
         if self._call is None:
             lib = native.library()
-            if lib is None or not native.has(lib, "tl_qmatmul_i8"):
-                raise RuntimeError("the int8-activation kernel needs a CPU with AVX-512 VNNI")
+            if lib is None:
+                raise RuntimeError(f"the int8-activation kernel needs the C kernels: {native.error()}")
             offset = self.offset.data_ptr() if self.offset is not None else None
             self._call = (lib.tl_qmatmul_i8, self.codes.data_ptr(), self.scale.data_ptr(), offset, *self.shape)
         kernel, q, s, o, n, k = self._call
@@ -197,4 +197,4 @@ def max_rows() -> int:
     """Up to how many rows the kernel beats float32 MKL on this machine (measured on 2 cores, the
     bundled model's projections): AVX2 build, about 32 rows; AVX-512 build (Zen 5), 192 rows still
     1.6x faster (14 vs 36 ms at 16 rows): 256."""
-    return 256 if native.available() and native.lane_flags(native.cpu_flags()) else 32
+    return 256 if native.available() and native.lane_flags(native.kernel_flags()) else 32

@@ -72,8 +72,8 @@ class Candidate:
     api_key: str | None = None
     #: None: zero-shot; ``"auto"``: as many training shots as fit the token budget; an int: that many.
     few_shot: int | Literal["auto"] | None = None
-    #: Replaces the prompts' system messages (a teacher's long instruction prompt, say).
-    system: str | None = None
+    #: Messages that replace the prompts' system messages (a teacher's long instruction prompt, its few-shot turns).
+    preamble: tuple[dict, ...] | None = None
     #: The teacher of a distillation: with ``EvalConfig.reference = "teacher"`` its answers are the references.
     teacher: bool = False
 
@@ -358,22 +358,22 @@ def _run_all(tasks: list[Callable[[], Any]], workers: int, bar) -> list[Any]:
     return results
 
 
-def _with_system(prompt: list[dict], system: str | None) -> list[dict]:
-    """``prompt`` with its system messages replaced by ``system`` (unchanged when None)."""
-    if system is None:
+def _with_preamble(prompt: list[dict], preamble: tuple[dict, ...] | None) -> list[dict]:
+    """``prompt`` with its system messages replaced by ``preamble`` (unchanged when None)."""
+    if preamble is None:
         return prompt
-    return [{"role": "system", "content": system}, *(m for m in prompt if m.get("role") != "system")]
+    return [*(dict(m) for m in preamble), *(m for m in prompt if m.get("role") not in ("system", "developer"))]
 
 
 def _prompts(config: EvalConfig, candidate: Candidate, items: list[EvalItem], pool) -> list[tuple[list[dict], int]]:
     if not candidate.is_few_shot:
-        return [(_with_system(item.prompt, candidate.system), 0) for item in items]
+        return [(_with_preamble(item.prompt, candidate.preamble), 0) for item in items]
     if pool is None:
         raise TuneloopError(f"candidate '{candidate.name}' is few-shot: give a training file to draw examples from")
     k = None if candidate.few_shot == "auto" else int(candidate.few_shot)  # type: ignore[arg-type]
     count = config.count_tokens or estimate_tokens
     prompter = FewShotPrompter(pool, k=k, token_budget=config.fewshot_budget, seed=config.seed, count_tokens=count)
-    return [prompter.build(_with_system(item.prompt, candidate.system)) for item in items]
+    return [prompter.build(_with_preamble(item.prompt, candidate.preamble)) for item in items]
 
 
 def teacher_of(config: EvalConfig) -> Candidate | None:

@@ -16,7 +16,7 @@ void tl_qmatmul(const int8_t *q, const float *scale, const float *offset, const 
 void tl_qmatmul4(const int8_t *q, const float *scale, const float *offset, const float *x, float *y, int64_t M,
                  int64_t N, int64_t K);
 
-/* qmatmul_i8.c (AVX-512 VNNI builds only): the same with x rounded to int8; 0, or -1 on no memory. */
+/* qmatmul_i8.c: the same with x rounded to int8; 0, or -1 on no memory. */
 int tl_qmatmul_i8(const uint8_t *codes, const float *scale, const float *offset, const float *x, float *y,
                   int64_t M, int64_t N, int64_t K, int64_t bits, int64_t zero);
 
