@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.config import get_settings
-from tuneloop.errors import TuneloopError
 from tuneloop.models import Catalog, ModelEntry
 
 app = typer.Typer(help="The base-model catalog.", no_args_is_help=True)
@@ -75,21 +74,23 @@ def remove(name: str = typer.Argument(..., help="Model name.")) -> None:
 def export(
     model: str = typer.Argument(..., help="A base model, fine-tuned model (ft:…) or checkpoint id."),
     output: Path = typer.Option(..., "--output", "-o", help="The folder to write (must not exist)."),
-    fmt: str = typer.Option("merged", "--format", help="merged: a Hugging Face folder, LoRA merged into the base."),
+    fmt: str = typer.Option(
+        "merged", "--format", help="merged: a Hugging Face folder, LoRA merged into the base; gguf: GGUF + Modelfile."
+    ),
+    quantize: str = typer.Option("f16", "--quantize", help="GGUF weights: f16 or q8_0."),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists (once the new one is whole)."),
 ) -> None:
-    """Export a model as a standard Hugging Face folder (weights, tokenizer, chat template)."""
+    """Export a model: a Hugging Face folder (weights, tokenizer, chat template) or a GGUF for llama.cpp/Ollama."""
     # imported here: the job store loads SQLAlchemy and the export torch, which the other commands skip
     from tuneloop.engine.model_pool import ModelPool
-    from tuneloop.models.export import FORMATS, export_merged
+    from tuneloop.models.export import export_model
     from tuneloop.store.db import make_engine
     from tuneloop.store.jobs import JobStore
 
-    if fmt not in FORMATS:
-        raise TuneloopError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)} (gguf is not built yet)")
     settings = get_settings()
     catalog = Catalog(settings)
     resolved = ModelPool(catalog, JobStore(make_engine(settings))).resolve(model)
-    export_merged(catalog, resolved.base, resolved.kind, resolved.path, output, force=force)  # type: ignore[arg-type]
+    files = export_model(catalog, resolved.base, resolved.kind, resolved.path, output, fmt=fmt,  # type: ignore[arg-type]
+                         quantize=quantize, name=model, force=force)  # fmt: skip
     what = {"base": "base model", "lora": "LoRA adapter merged into " + resolved.base, "full": "full fine-tune"}
-    typer.echo(f"exported {model} ({what[resolved.kind]}) to {output}")
+    typer.echo(f"exported {model} ({what[resolved.kind]}) to {output}: {', '.join(f.name for f in files)}")

@@ -1,14 +1,16 @@
-"""Export a model out of tuneloop as a standard Hugging Face folder (``tuneloop models export``).
+"""Export a model out of tuneloop (``tuneloop models export``): a Hugging Face folder, or GGUF + Modelfile.
 
 A base model is written as it is loaded; a LoRA fine-tune (or checkpoint) has its adapter merged
 into its base model's weights (``W + scale * B @ A``, peft's ``merge_and_unload``); a full
-fine-tune is written from its own weights. The folder holds the float32 weights (safetensors), the
-tokenizer with the chat template the model was trained with, and ``generation_config.json``; it
-appears whole or not at all (written under a temporary name, then renamed).
+fine-tune is written from its own weights. ``merged``: the float32 weights (safetensors), the
+tokenizer with the chat template the model was trained with, and ``generation_config.json``.
+``gguf``: one GGUF file (f16 or q8_0) for llama.cpp with its metadata, vocabulary and chat
+template, and an Ollama ``Modelfile``. The folder appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -20,15 +22,12 @@ from tuneloop.models.catalog import Catalog
 from tuneloop.models.loading import auto_classes, load_model, load_tokenizer
 
 ModelKind = Literal["base", "lora", "full"]
-FORMATS = ("merged",)
+FORMATS = ("merged", "gguf")
 
 
-def export_merged(catalog: Catalog, base: str, kind: ModelKind, path: Path | None, out: Path, *, force: bool = False):
-    """Write the model (``base`` itself, or the LoRA adapter / full fine-tune at ``path`` trained from
-    ``base``) to ``out`` as a Hugging Face folder; return ``out``. ``out`` must not exist unless
-    ``force`` (then it is replaced only once the new folder is complete)."""
-    if out.exists() and not force:
-        raise TuneloopError(f"{out} already exists (--force replaces it)")
+def load_exported(catalog: Catalog, base: str, kind: ModelKind, path: Path | None):
+    """The model to export (``base`` itself, or the LoRA adapter merged into it / the full fine-tune
+    at ``path`` trained from ``base``), in float32 on the CPU, and its tokenizer."""
     model, tokenizer, entry = load_model(catalog, base, device="cpu")
     try:
         if kind == "lora":
@@ -46,7 +45,158 @@ def export_merged(catalog: Catalog, base: str, kind: ModelKind, path: Path | Non
     generation.eos_token_id = tokenizer.eos_token_id
     if tokenizer.pad_token_id is not None:
         generation.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def export_model(
+    catalog: Catalog,
+    base: str,
+    kind: ModelKind,
+    path: Path | None,
+    out: Path,
+    *,
+    fmt: str = "merged",
+    quantize: str = "f16",
+    name: str = "model",
+    force: bool = False,
+) -> list[Path]:
+    """Export a model into the folder ``out`` (``merged``: a Hugging Face folder; ``gguf``: ``model.gguf``
+    and an Ollama ``Modelfile``); return the files written. ``out`` must not exist unless ``force``
+    (then it is replaced once the new folder is whole); nothing is left half-written."""
+    if fmt not in FORMATS:
+        raise TuneloopError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "gguf" and quantize not in GGUF_TYPES:
+        raise TuneloopError(f"--quantize {quantize!r}: choose one of {', '.join(GGUF_TYPES)} for gguf")
+    if out.exists() and not force:
+        raise TuneloopError(f"{out} already exists (--force replaces it)")
+    model, tokenizer = load_exported(catalog, base, kind, path)
     with atomic_path(out, directory=True) as folder:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        if fmt == "merged":
+            model.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        else:
+            write_gguf(model, tokenizer, folder / "model.gguf", quantize, name)
+            (folder / "Modelfile").write_text(modelfile(tokenizer, "model.gguf"), encoding="utf-8")
+    return sorted(out.iterdir())
+
+
+def modelfile(tokenizer, gguf_name: str) -> str:
+    """An Ollama Modelfile for the GGUF: its stop token, and a Go template where the chat template is
+    ChatML (for other templates Ollama reads the GGUF's own ``tokenizer.chat_template``)."""
+    lines = [f"FROM ./{gguf_name}"]
+    template = tokenizer.chat_template or ""
+    if "<|im_start|>" in template:
+        lines.append(
+            'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
+            '{{ end }}<|im_start|>assistant\n"""'
+        )
+    if tokenizer.eos_token:
+        lines.append(f"PARAMETER stop {json.dumps(tokenizer.eos_token)}")
+    return "\n".join(lines) + "\n"
+
+
+#: GGUF tensor types ``--quantize`` offers, and llama.cpp's file-type code of each
+GGUF_TYPES = {"f16": ("F16", 1), "q8_0": ("Q8_0", 7)}
+#: the Hugging Face architectures the GGUF writer knows (llama.cpp's ``llama`` graph)
+GGUF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+
+def write_gguf(model, tokenizer, out: Path, quantize: str = "f16", name: str = "model") -> Path:
+    """Write a Llama-family ``model`` and its (BPE) ``tokenizer`` as one GGUF file, as llama.cpp's
+    ``convert_hf_to_gguf.py`` does: its metadata keys, tensor names (the ``gguf`` package's map),
+    Q/K rows in its rotary order, the vocabulary with merges and special tokens, the chat template.
+    Norms stay float32; 2-D weights are ``quantize`` (f16 or q8_0; a row not a multiple of 32 stays
+    f16 under q8_0)."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    if config.architectures and config.architectures[0] not in GGUF_ARCHITECTURES:
+        raise TuneloopError(f"GGUF export supports {', '.join(GGUF_ARCHITECTURES)}, not {config.architectures[0]}")
+    if quantize not in GGUF_TYPES:
+        raise TuneloopError(f"--quantize {quantize!r}: choose one of {', '.join(GGUF_TYPES)}")
+    qtype, file_type = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[quantize][0]), GGUF_TYPES[quantize][1]
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(out, "llama")
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or 10000.0))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(file_type)
+    _add_vocabulary(writer, tokenizer, config.vocab_size)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise TuneloopError(f"GGUF export: no GGUF name for tensor {hf_name}")
+        data = tensor.detach().float().cpu().numpy()
+        if hf_name.endswith("q_proj.weight"):
+            data = _rotary_order(data, heads)
+        elif hf_name.endswith("k_proj.weight"):
+            data = _rotary_order(data, kv_heads)
+        if data.ndim == 1:
+            writer.add_tensor(gguf_name, data.astype(np.float32))
+        elif qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32 == 0:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name, data.astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return out
+
+
+def _rotary_order(weights, heads: int):
+    """Q/K projection rows from Hugging Face's rotary layout (halves) to llama.cpp's (pairs)."""
+    rows = weights.shape[0]
+    return weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+
+
+def _add_vocabulary(writer, tokenizer, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer's tokens (by id, padded to ``vocab_size``), types, merges, special
+    token ids and chat template, under llama.cpp's ``tokenizer.ggml.*`` keys."""
+    import gguf
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        raise TuneloopError(f"GGUF export needs a BPE tokenizer, not {model.get('type')}")
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    added = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i, f"[PAD{i}]")
+        tokens.append(token)
+        if i not in by_id:
+            types.append(gguf.TokenType.UNUSED)
+        elif token in special:
+            types.append(gguf.TokenType.CONTROL)
+        elif token in added:
+            types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for key, token_id in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
+                          ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):  # fmt: skip
+        if token_id is not None:
+            getattr(writer, f"add_{key}_token_id")(token_id)
+    writer.add_add_bos_token(False)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
