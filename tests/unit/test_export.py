@@ -160,3 +160,15 @@ def test_the_bundled_model_exports_to_gguf_q8_0(smollm2, smollm2_converted, tmp_
         AutoTokenizer.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf").chat_template
         == tokenizer.chat_template
     )
+
+
+def test_q4_0_keeps_the_embeddings_in_8_bits(tiny_model, tmp_path):
+    """As llama.cpp's q4_0 files: layers in 4 bits, the (tied) token embeddings in q8_0, norms in f32."""
+    import gguf
+
+    export_model(Catalog(get_settings()), tiny_model, "base", None, tmp_path / "q4", fmt="gguf", quantize="q4_0")
+    reader = gguf.GGUFReader(tmp_path / "q4" / "model.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.1.ffn_down.weight"] == "Q4_0"
+    assert types["output_norm.weight"] == "F32" and "output.weight" not in types  # tied to the embeddings
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == 2  # llama.cpp's MOSTLY_Q4_0

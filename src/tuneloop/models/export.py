@@ -4,7 +4,7 @@ A base model is written as it is loaded; a LoRA fine-tune (or checkpoint) has it
 into its base model's weights (``W + scale * B @ A``, peft's ``merge_and_unload``); a full
 fine-tune is written from its own weights. ``merged``: the float32 weights (safetensors), the
 tokenizer with the chat template the model was trained with, and ``generation_config.json``.
-``gguf``: one GGUF file (f16 or q8_0) for llama.cpp with its metadata, vocabulary and chat
+``gguf``: one GGUF file (f16, q8_0 or q4_0) for llama.cpp with its metadata, vocabulary and chat
 template, and an Ollama ``Modelfile``. The folder appears whole or not at all.
 """
 
@@ -96,7 +96,7 @@ def modelfile(tokenizer, gguf_name: str) -> str:
 
 
 #: GGUF tensor types ``--quantize`` offers, and llama.cpp's file-type code of each
-GGUF_TYPES = {"f16": ("F16", 1), "q8_0": ("Q8_0", 7)}
+GGUF_TYPES = {"f16": ("F16", 1), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2)}
 #: the Hugging Face architectures the GGUF writer knows (llama.cpp's ``llama`` graph)
 GGUF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
@@ -105,8 +105,8 @@ def write_gguf(model, tokenizer, out: Path, quantize: str = "f16", name: str = "
     """Write a Llama-family ``model`` and its (BPE) ``tokenizer`` as one GGUF file, as llama.cpp's
     ``convert_hf_to_gguf.py`` does: its metadata keys, tensor names (the ``gguf`` package's map),
     Q/K rows in its rotary order, the vocabulary with merges and special tokens, the chat template.
-    Norms stay float32; 2-D weights are ``quantize`` (f16 or q8_0; a row not a multiple of 32 stays
-    f16 under q8_0)."""
+    Norms stay float32; 2-D weights are ``quantize`` (f16, q8_0 or q4_0, whose token embeddings keep
+    q8_0; a row not a multiple of 32 stays f16)."""
     import gguf
     import numpy as np
 
@@ -149,8 +149,10 @@ def write_gguf(model, tokenizer, out: Path, quantize: str = "f16", name: str = "
             data = _rotary_order(data, kv_heads)
         if data.ndim == 1:
             writer.add_tensor(gguf_name, data.astype(np.float32))
-        elif qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32 == 0:
-            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        elif qtype != gguf.GGMLQuantizationType.F16 and data.shape[-1] % 32 == 0:
+            # as llama.cpp's q4_0 files: the token embeddings (the tied output too) keep 8 bits
+            kind = gguf.GGMLQuantizationType.Q8_0 if gguf_name == "token_embd.weight" else qtype
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, kind), raw_dtype=kind)
         else:
             writer.add_tensor(gguf_name, data.astype(np.float16))
     writer.write_header_to_file()
