@@ -166,8 +166,9 @@ def answer_message(message: dict[str, Any]) -> dict[str, Any]:
         out["content"] = content
     calls = [
         {"id": c.get("id"), "type": c.get("type", "function"),
-         "function": {"name": c.get("function", {}).get("name"), "arguments": c.get("function", {}).get("arguments")}}
+         "function": {"name": function.get("name"), "arguments": function.get("arguments")}}
         for c in message.get("tool_calls") or [] if isinstance(c, dict)
+        for function in [c.get("function") if isinstance(c.get("function"), dict) else {}]
     ]  # fmt: skip
     if calls:
         out["tool_calls"] = calls

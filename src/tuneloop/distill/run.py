@@ -107,7 +107,11 @@ def ask_teacher(
         except TeacherError:
             stop.set()
             raise
-        cache.add(key, answer, usage)
+        try:
+            cache.add(key, answer, usage)
+        except OSError as exc:  # a full disk, no permission: stop, as for an unusable teacher
+            stop.set()
+            raise TeacherError(f"cannot write the cache {cache.path.name}: {exc.strerror or exc}") from None
         return answer
 
     total = len(requests)

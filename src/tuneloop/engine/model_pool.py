@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
 from tuneloop.engine.engine import Engine
 from tuneloop.engine.lora_weights import WEIGHTS_FILE, LoraAdapter, load_lora, lora_shapes
 from tuneloop.engine.packed_weights import ServeActivations, ServeWeights, pack_model
 from tuneloop.errors import InvalidModelError, ModelNotFoundError
-from tuneloop.models import Catalog, ModelEntry, load_model, load_tokenizer
-from tuneloop.models.loading import auto_classes
+from tuneloop.models import Catalog, load_model
+from tuneloop.models.loading import load_full_model
 from tuneloop.store.jobs import JobStore
 
 T = TypeVar("T")
@@ -117,7 +115,7 @@ class ModelPool:
         if resolved.kind == "full":
             entry = self.catalog.get(resolved.base)
             try:
-                model, tokenizer = _load_full(resolved.path, entry, self.catalog.settings.resolved_device())
+                model, tokenizer = load_full_model(resolved.path, entry, self.catalog.settings.resolved_device())
             except Exception as exc:  # missing, truncated or damaged files
                 raise InvalidModelError(f"the fine-tuned model's files are unreadable ({type(exc).__name__})") from exc
         else:
@@ -163,11 +161,3 @@ def _in_passing_thread(work: Callable[[], T]) -> T:
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-load") as pool:  # its thread ends on exit
         return pool.submit(work).result()
-
-
-def _load_full(path: Path, entry: ModelEntry, device: str):
-    """A fully fine-tuned model's weights (float32) and tokenizer (its own, else its base model's)."""
-    _, AutoModelForCausalLM = auto_classes()
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
-    tokenizer_entry = entry.model_copy(update={"path": path if (path / "tokenizer.json").is_file() else entry.path})
-    return model, load_tokenizer(tokenizer_entry)

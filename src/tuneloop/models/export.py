@@ -14,12 +14,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from tuneloop.errors import InvalidModelError, TuneloopError
 from tuneloop.fileio import atomic_path
 from tuneloop.models.catalog import Catalog
-from tuneloop.models.loading import auto_classes, load_model, load_tokenizer
+from tuneloop.models.loading import load_full_model, load_model
 
 ModelKind = Literal["base", "lora", "full"]
 FORMATS = ("merged", "gguf")
@@ -28,17 +26,17 @@ FORMATS = ("merged", "gguf")
 def load_exported(catalog: Catalog, base: str, kind: ModelKind, path: Path | None):
     """The model to export (``base`` itself, or the LoRA adapter merged into it / the full fine-tune
     at ``path`` trained from ``base``), in float32 on the CPU, and its tokenizer."""
-    model, tokenizer, entry = load_model(catalog, base, device="cpu")
     try:
+        if kind == "full":
+            model, tokenizer = load_full_model(path, catalog.ensure_ready(catalog.get(base)))
+        else:
+            model, tokenizer, _ = load_model(catalog, base, device="cpu")
         if kind == "lora":
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        elif kind == "full":
-            _, AutoModelForCausalLM = auto_classes()
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-            if (path / "tokenizer.json").is_file():
-                tokenizer = load_tokenizer(entry.model_copy(update={"path": path}))
+    except InvalidModelError:  # the base model's own, already clear
+        raise
     except Exception as exc:  # missing, truncated or damaged files
         raise InvalidModelError(f"the fine-tuned model's files are unreadable ({type(exc).__name__})") from exc
     generation = model.generation_config

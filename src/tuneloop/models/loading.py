@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import InvalidModelError
@@ -79,3 +80,16 @@ def load_model(
     model.to(device)
     model.eval()
     return model, tokenizer, entry
+
+
+def load_full_model(
+    path: Path, entry: ModelEntry, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A fully fine-tuned model's weights (float32, eval mode) from ``path`` and its tokenizer (its own,
+    else its base model ``entry``'s)."""
+    import torch
+
+    _, AutoModelForCausalLM = auto_classes()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
+    tokenizer_entry = entry.model_copy(update={"path": path if (path / "tokenizer.json").is_file() else entry.path})
+    return model, load_tokenizer(tokenizer_entry)
