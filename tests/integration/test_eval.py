@@ -168,6 +168,12 @@ def test_cli_with_fine_tuned_job_and_judge(api_server, files, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count('class="line-chart"') == 2  # the CSV's curve and the job's curve
     assert f"Loss: {job.fine_tuned_model}" in page
+    # uploaded for the dashboard's Evals page: the same report, with its loss curves
+    uploaded = [f for f in client.files.list(purpose="evals") if f"uploaded the report as {f.id}" in result.output]
+    assert len(uploaded) == 1 and uploaded[0].filename.startswith("eval-")
+    stored = json.loads(client.files.content(uploaded[0].id).text)
+    assert stored["object"] == "tuneloop.eval_report" and stored["candidates"] == data["candidates"]
+    assert [c["label"] for c in stored["curves"]] == [f"{files['csv'].parent.name}/metrics.csv", job.fine_tuned_model]
 
 
 def test_cli_without_scikit_learn_notes_it_and_goes_on(api_server, files, tmp_path, monkeypatch):

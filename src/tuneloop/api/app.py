@@ -131,7 +131,7 @@ class RequestGuard:
 
     def _unauthorised(self, path: str, given: bytes) -> bool:
         """Whether the request lacks the API key (the scheme's case aside; compared in constant time)."""
-        if self.key is None or path in ("/health", "/v1/health"):
+        if self.key is None or path in ("/health", "/v1/health") or is_dashboard(path):
             return False
         scheme, _, token = given.partition(b" ")
         return not hmac.compare_digest(scheme.lower() + b" " + token.strip(), self.key)
@@ -140,6 +140,12 @@ class RequestGuard:
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
             return self.settings.max_upload_bytes + FORM_OVERHEAD
         return self.settings.max_request_bytes
+
+
+def is_dashboard(path: str) -> bool:
+    """The dashboard's paths (``/`` and ``/ui/...``): its pages check their own session (``tuneloop.ui``),
+    and every data request they make comes back here with the key."""
+    return path == "/" or path == "/ui" or path.startswith("/ui/")
 
 
 #: Room in an upload's body for the multipart form around the file (boundaries, headers, purpose).

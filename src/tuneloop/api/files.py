@@ -1,4 +1,4 @@
-"""``/v1/files``: upload, list, retrieve, delete, content."""
+"""``/v1/files``: upload, list, retrieve, delete, content, and tuneloop's validation report of a file."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
-from tuneloop.api.errors import APIError, not_found
+from tuneloop.api.errors import APIError, model_not_found, not_found
 from tuneloop.api.protocol import Deleted, FileList, FileObject
 from tuneloop.api.state import AppState, get_state
+from tuneloop.data.render import ChatRenderer
+from tuneloop.data.validate import validate_file
+from tuneloop.errors import ModelNotFoundError
+from tuneloop.models import load_tokenizer
+from tuneloop.models.catalog import BUILTIN_NAME
 from tuneloop.store.blobs import TooLargeError
 from tuneloop.store.files import PURPOSES, FileRecord
 
@@ -78,3 +83,21 @@ def file_content(state: State, file_id: str) -> FileResponse:
         raise not_found("file", file_id, param="file_id")
     return FileResponse(state.files.path(record), media_type="application/octet-stream",
                         filename=_name(record.filename, "file"))  # fmt: skip
+
+
+@router.get("/files/{file_id}/validation")
+def validate_stored_file(state: State, file_id: str, model: str = BUILTIN_NAME) -> dict:
+    """tuneloop's extension: the data validator's report of a stored file, as ``tuneloop data validate
+    --json`` prints it (errors and warnings by line, token statistics counted with ``model``'s tokenizer
+    and chat template, the auto epochs and the estimated training time). Sync: runs in the thread pool."""
+    record = state.files.get(file_id)
+    if record is None:
+        raise not_found("file", file_id, param="file_id")
+    try:
+        entry = state.catalog.ensure_ready(state.catalog.get(model))
+    except ModelNotFoundError as exc:  # the catalog's message lists the base models one can fine-tune
+        raise model_not_found(model, str(exc)) from exc
+    report = validate_file(state.files.path(record), ChatRenderer(load_tokenizer(entry)), entry.context_length,
+                           entry.parameter_count)  # fmt: skip
+    return {"object": "file.validation", "file_id": file_id, "model": entry.name, "ok": report.ok,
+            **report.to_dict(), "path": _name(record.filename, "file")}  # fmt: skip

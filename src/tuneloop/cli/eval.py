@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,21 @@ def _job_curves(job_ids: list[str], base_url: str, api_key: str) -> tuple[list[d
     return curves, models
 
 
+def _upload_report(report: dict[str, Any], base_url: str, api_key: str) -> None:
+    """Upload the report (and its loss curves) as a file with purpose ``evals``, where the dashboard's Evals
+    page finds it; a server that refuses it costs a warning, never the evaluation."""
+    import openai
+
+    name = f"eval-{time.strftime('%Y%m%d-%H%M%S', time.localtime(report['created']))}.json"
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=60)
+    try:
+        uploaded = client.files.create(file=(name, json.dumps(report).encode()), purpose="evals")
+    except openai.OpenAIError as exc:
+        typer.echo(f"warning: the report was not uploaded to {base_url} ({exc})", err=True)
+        return
+    typer.echo(f"uploaded the report as {uploaded.id} ({name}): the dashboard's Evals page shows it")
+
+
 def eval_command(
     data: Path = typer.Option(
         ..., "--data", help="Held-out chat JSONL; each example's last assistant message is the reference."
@@ -159,6 +175,9 @@ def eval_command(
     out: Path | None = typer.Option(None, "--out", help="Folder for report.json and report.html."),
     examples: int = typer.Option(5, "--examples", min=0, help="Disagreement examples to show."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    upload: bool = typer.Option(
+        True, "--upload/--no-upload", help="Upload the report to the server (purpose evals): the dashboard shows it."
+    ),
 ) -> None:
     """Evaluate base (zero-shot, few-shot) and fine-tuned models on held-out data through the API.
 
@@ -238,3 +257,5 @@ def eval_command(
         json_path = write_json(out / "report.json", report)
         html_path = write_html(out / "report.html", report, curves or None)
         typer.echo(f"wrote {json_path} and {html_path}")
+    if upload:
+        _upload_report({**report.to_dict(), "curves": curves}, base_url, api_key)

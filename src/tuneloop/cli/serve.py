@@ -32,6 +32,7 @@ def serve(
     import uvicorn
 
     from tuneloop.api.app import create_app
+    from tuneloop.ui import mount_dashboard
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -41,6 +42,7 @@ def serve(
     tempfile.tempdir = str(settings.home / "tmp")
     (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, run_worker=worker)
+    mount_dashboard(app, settings)  # the dashboard at / (and /ui/...), over the same API
     # on SIGTERM/Ctrl-C: open requests get 30 s to finish, then the engines cancel what is left
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 
