@@ -75,6 +75,8 @@ def test_every_page_and_data_request_needs_the_key(server, root):
             page = anonymous.get(path)
             assert page.status_code == 200 and "<main" in page.text, path
         assert anonymous.get("/v1/models").status_code == 401  # the cookie opens pages, never the data
+        hostile = anonymous.get("/ui/jobs/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E")  # a page echoes its job id escaped
+        assert "<img src=x" not in hostile.text and "&lt;img src=x onerror=alert(1)&gt;" in hostile.text
         anonymous.post("/ui/logout")
         assert anonymous.get("/ui/jobs").status_code == 303
     assert KEY not in server.read_log(200_000)  # neither in a URL nor in any log line

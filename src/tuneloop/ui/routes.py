@@ -15,6 +15,7 @@ import hmac
 from pathlib import Path
 from urllib.parse import quote
 
+import jinja2
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -50,7 +51,9 @@ def mount_dashboard(app: FastAPI, settings: Settings) -> None:
 
 def _router(settings: Settings) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    templates = Jinja2Templates(directory=HERE / "templates")
+    # autoescape on for every template (select_autoescape's default would skip *.html.j2 names)
+    templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                                       autoescape=True))  # fmt: skip
     token = session_token(settings.api_key) if settings.api_key else None
 
     def signed_in(request: Request) -> bool:
