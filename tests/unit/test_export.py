@@ -172,3 +172,48 @@ def test_q4_0_keeps_the_embeddings_in_8_bits(tiny_model, tmp_path):
     assert types["token_embd.weight"] == "Q8_0" and types["blk.1.ffn_down.weight"] == "Q4_0"
     assert types["output_norm.weight"] == "F32" and "output.weight" not in types  # tied to the embeddings
     assert int(reader.fields["general.file_type"].parts[-1][0]) == 2  # llama.cpp's MOSTLY_Q4_0
+
+
+def test_the_modelfile_carries_the_jobs_one_system_prompt(tiny_model, tiny_model_dir, tmp_path):
+    """Exporting a fine-tuned model whose training file had one constant system prompt: the Modelfile's SYSTEM."""
+    from tuneloop.cli.main import app
+    from tuneloop.store.db import make_engine
+    from tuneloop.store.files import FileStore
+    from tuneloop.store.jobs import JobStore
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    system = "Answer with one label: on, off or dim."
+    lines = [json.dumps({"messages": [{"role": "system", "content": system}, {"role": "user", "content": f"q{i}"},
+                                      {"role": "assistant", "content": "on"}]}) for i in range(12)]  # fmt: skip
+    record = FileStore(engine, settings.home).create_bytes("train.jsonl", "fine-tune", "\n".join(lines).encode())
+    jobs = JobStore(engine)
+    job = jobs.create(model=tiny_model, training_file=record.id, validation_file=None, hyperparameters={},
+                      method="lora", suffix=None, seed=0, metadata=None)  # fmt: skip
+    model_id = f"ft:{tiny_model}:local::{job.id[-8:]}"
+    jobs.add_model(model_id, tiny_model, job.id, "lora", str(make_adapters(tiny_model_dir, tmp_path, 1)[0]))
+    result = CliRunner().invoke(app, ["models", "export", model_id, "-o", str(tmp_path / "g"), "--format", "gguf"])
+    assert result.exit_code == 0, result.output
+    assert f'SYSTEM """{system}"""' in (tmp_path / "g" / "Modelfile").read_text()
+
+
+def test_constant_system_prompt(tmp_path):
+    from tuneloop.data.prompts import constant_system_prompt
+
+    def file(*firsts) -> object:
+        path = tmp_path / "data.jsonl"
+        rows = [{"messages": [*([first] if first else []), {"role": "user", "content": "x"}]} for first in firsts]
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+        return path
+
+    same = {"role": "system", "content": "Be brief."}
+    assert constant_system_prompt(file(same, same, same)) == "Be brief."
+    assert constant_system_prompt(file(same, {"role": "system", "content": "Be long."})) is None
+    assert constant_system_prompt(file(same, None)) is None  # one example without it
+    assert constant_system_prompt(file({"role": "user", "content": "hi"})) is None
+    preference = tmp_path / "pref.jsonl"
+    preference.write_text(json.dumps({"input": {"messages": [same]}, "preferred_output": [],
+                                      "non_preferred_output": []}) + "\n")  # fmt: skip
+    assert constant_system_prompt(preference) == "Be brief."
+    (tmp_path / "bad.jsonl").write_text('{"messages": [\n')
+    assert constant_system_prompt(tmp_path / "bad.jsonl") is None

@@ -82,15 +82,21 @@ def export(
 ) -> None:
     """Export a model: a Hugging Face folder (weights, tokenizer, chat template) or a GGUF for llama.cpp/Ollama."""
     # imported here: the job store loads SQLAlchemy and the export torch, which the other commands skip
+    from tuneloop.data.prompts import constant_system_prompt
     from tuneloop.engine.model_pool import ModelPool
+    from tuneloop.jobs.lineage import training_file_of
     from tuneloop.models.export import export_model
     from tuneloop.store.db import make_engine
+    from tuneloop.store.files import FileStore
     from tuneloop.store.jobs import JobStore
 
     settings = get_settings()
-    catalog = Catalog(settings)
-    resolved = ModelPool(catalog, JobStore(make_engine(settings))).resolve(model)
+    catalog, engine = Catalog(settings), make_engine(settings)
+    jobs = JobStore(engine)
+    resolved = ModelPool(catalog, jobs).resolve(model)
+    data = training_file_of(jobs, FileStore(engine, settings.home), model)  # its one system prompt goes in Modelfile
+    system = constant_system_prompt(data) if data is not None and fmt == "gguf" else None
     files = export_model(catalog, resolved.base, resolved.kind, resolved.path, output, fmt=fmt,  # type: ignore[arg-type]
-                         quantize=quantize, name=model, force=force)  # fmt: skip
+                         quantize=quantize, name=model, force=force, system=system)  # fmt: skip
     what = {"base": "base model", "lora": "LoRA adapter merged into " + resolved.base, "full": "full fine-tune"}
     typer.echo(f"exported {model} ({what[resolved.kind]}) to {output}: {', '.join(f.name for f in files)}")

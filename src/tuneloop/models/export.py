@@ -57,10 +57,12 @@ def export_model(
     quantize: str = "f16",
     name: str = "model",
     force: bool = False,
+    system: str | None = None,
 ) -> list[Path]:
     """Export a model into the folder ``out`` (``merged``: a Hugging Face folder; ``gguf``: ``model.gguf``
-    and an Ollama ``Modelfile``); return the files written. ``out`` must not exist unless ``force``
-    (then it is replaced once the new folder is whole); nothing is left half-written."""
+    and an Ollama ``Modelfile``, with ``system`` as its system prompt); return the files written. ``out``
+    must not exist unless ``force`` (then it is replaced once the new folder is whole); nothing is left
+    half-written."""
     if fmt not in FORMATS:
         raise TuneloopError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "gguf" and quantize not in GGUF_TYPES:
@@ -74,14 +76,17 @@ def export_model(
             tokenizer.save_pretrained(folder)
         else:
             write_gguf(model, tokenizer, folder / "model.gguf", quantize, name)
-            (folder / "Modelfile").write_text(modelfile(tokenizer, "model.gguf"), encoding="utf-8")
+            (folder / "Modelfile").write_text(modelfile(tokenizer, "model.gguf", system), encoding="utf-8")
     return sorted(out.iterdir())
 
 
-def modelfile(tokenizer, gguf_name: str) -> str:
-    """An Ollama Modelfile for the GGUF: its stop token, and a Go template where the chat template is
-    ChatML (for other templates Ollama reads the GGUF's own ``tokenizer.chat_template``)."""
+def modelfile(tokenizer, gguf_name: str, system: str | None = None) -> str:
+    """An Ollama Modelfile for the GGUF: its stop token, a Go template where the chat template is ChatML
+    (for other templates Ollama reads the GGUF's own ``tokenizer.chat_template``), and ``system`` as the
+    default system prompt (left out if it holds the Modelfile's own ``\"\"\"`` quotes)."""
     lines = [f"FROM ./{gguf_name}"]
+    if system and '"""' not in system:
+        lines.append(f'SYSTEM """{system}"""')
     template = tokenizer.chat_template or ""
     if "<|im_start|>" in template:
         lines.append(
