@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tuneloop"
 #: The rooms, lowest first. A room may import its own modules and those of any lower layer, never
 #: a room of its own layer or a higher one (the top-level modules of layer 0 may import each other).
 LAYERS: list[set[str]] = [
-    {"__init__", "config", "cpu", "errors", "fileio"},
+    {"__init__", "config", "cpu", "errors", "fileio", "retry"},
     {"models", "data", "store"},
     {"train", "evals", "engine"},
     {"jobs"},

@@ -121,7 +121,7 @@ def test_an_upstream_error_passes_back_without_the_key(monkeypatch):
 
 def test_retry_waits():
     assert _retry_wait(httpx.Response(400), 0) is None and _retry_wait(httpx.Response(501), 0) is None
-    assert 0.375 <= _retry_wait(httpx.Response(503), 0) <= 0.5 and 0.75 <= _retry_wait(httpx.Response(500), 1) <= 1
+    assert 0.25 <= _retry_wait(httpx.Response(503), 0) <= 0.5 and 0.5 <= _retry_wait(httpx.Response(500), 1) <= 1
     assert _retry_wait(httpx.Response(429, headers={"retry-after": "2"}), 0) == 2
     assert _retry_wait(httpx.Response(429, headers={"retry-after-ms": "1500"}), 0) == 1.5
     assert _retry_wait(httpx.Response(429, headers={"retry-after": "3600"}), 0) is None  # passed back instead

@@ -16,7 +16,6 @@ slow, 504 ``upstream_timeout``. A failed request stores nothing.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from tuneloop.api.protocol import (
 )
 from tuneloop.config import Settings, Upstream
 from tuneloop.errors import TuneloopError
+from tuneloop.retry import RetryPolicy, retry_after_seconds, retryable
 from tuneloop.store.ids import random_id
 
 if TYPE_CHECKING:
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Keeper = Callable[[ChatCompletion], Awaitable[None]]
-#: The longest ``retry-after`` honoured; an upstream asking for more gets its answer passed back.
-MAX_RETRY_WAIT = 30.0
+#: Waits between tries (0.5 s doubling up to 8 s, with jitter); the longest ``retry-after`` honoured is 30 s:
+#: an upstream asking for more gets its answer passed back. How many tries: ``upstream_retries``.
+RETRY = RetryPolicy(base=0.5, cap=8.0, max_retry_after=30.0)
 
 
 class NotACompletion(ValueError):
@@ -120,7 +121,7 @@ class UpstreamClient:
                     if isinstance(exc, httpx.ConnectTimeout):
                         raise self.too_slow() from exc
                     raise self.failure(f"cannot be reached ({_reason(exc)})") from exc
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(RETRY.backoff(attempt, random.random()))
                 continue
             except httpx.TimeoutException as exc:
                 raise self.too_slow() from exc
@@ -241,34 +242,14 @@ def _reason(exc: Exception) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
-def _backoff(attempt: int) -> float:
-    return min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0)
-
-
 def _retry_wait(response: httpx.Response, attempt: int) -> float | None:
     """How long to wait before retrying an error answer; None when it is not worth retrying."""
-    status = response.status_code
-    if status not in (408, 409, 429) and (status < 500 or status == 501):
+    if not retryable(response.status_code):
         return None
-    after = _retry_after(response.headers)
+    after = retry_after_seconds(response.headers)
     if after is None:
-        return _backoff(attempt)
-    return after if after <= MAX_RETRY_WAIT else None
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """The wait an upstream asks for (``retry-after-ms``, or ``retry-after`` in seconds or as a date)."""
-    try:
-        if (ms := headers.get("retry-after-ms")) is not None:
-            return max(0.0, float(ms) / 1000)
-        if (value := headers.get("retry-after")) is not None:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (ValueError, TypeError):
-        return None
-    return None
+        return RETRY.backoff(attempt, random.random())
+    return after if after <= RETRY.max_retry_after else None
 
 
 def _error_detail(content: bytes) -> dict[str, Any] | None:

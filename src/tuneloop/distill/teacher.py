@@ -17,11 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.distill.examples import Answer, Prompt
 from tuneloop.errors import TuneloopError
+from tuneloop.retry import RetryPolicy, retry_after_seconds, retryable
 
 if TYPE_CHECKING:
     import openai
@@ -30,7 +30,6 @@ DEFAULT_TEACHER_URL = "https://api.openai.com/v1"
 NO_KEY = "none"  # sent when the key's variable is unset (a local teacher may not check keys)
 TIMEOUT_SECONDS = 300.0
 CONNECT_TIMEOUT_SECONDS = 10.0
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
 class TeacherError(TuneloopError):
@@ -45,43 +44,6 @@ class TeacherUnreachableError(TeacherError):
 
 class TeacherRequestError(TuneloopError):
     """The teacher failed one request, retries included; only that prompt is dropped."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to wait: ``base * 2**attempt`` seconds (at most ``cap``), times a jitter
-    factor in [0.5, 1); a server's ``retry-after`` is honoured up to ``max_retry_after``."""
-
-    max_retries: int = 5
-    base: float = 1.0
-    cap: float = 30.0
-    max_retry_after: float = 120.0
-
-    def backoff(self, attempt: int, jitter: float) -> float:
-        """The wait after failed attempt number ``attempt`` (0-based) with no server hint."""
-        return min(self.cap, self.base * 2**attempt) * (0.5 + 0.5 * jitter)
-
-
-def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
-    """The wait a server asks for: ``retry-after-ms``, ``retry-after`` in seconds or as an HTTP date."""
-    if headers is None:
-        return None
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now))
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +124,7 @@ class Teacher:
                     raise TeacherError(f"the teacher at {self.url} refused the key (HTTP {status}){hint}") from exc
                 if status == 404:
                     raise TeacherError(f"the teacher at {self.url}: {_message(exc)} (HTTP 404)") from exc
-                if status not in RETRYABLE_STATUS and status < 500:
+                if not retryable(status):
                     raise TeacherRequestError(f"HTTP {status}: {_message(exc)}") from exc
                 wait = retry_after_seconds(exc.response.headers)
             except openai.APIConnectionError as exc:  # timeouts too
