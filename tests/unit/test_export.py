@@ -121,7 +121,10 @@ def test_a_base_model_exports_unchanged_and_bad_input_is_one_line(tiny_model, ti
         (["no-such-model", "-o", str(tmp_path / "x")], "no-such-model"),
         ([tiny_model, "-o", str(out)], "already exists"),
         ([tiny_model, "-o", str(tmp_path / "y"), "--format", "onnx"], "choose one of merged, gguf"),
-        ([tiny_model, "-o", str(tmp_path / "y"), "--format", "gguf", "--quantize", "q4_k_m"], "choose one of f16"),
+        (
+            [tiny_model, "-o", str(tmp_path / "y"), "--format", "gguf", "--quantize", "q2_k"],
+            "choose one of f16, q8_0, q4_0, q4_k_m",
+        ),
     ]:
         result = CliRunner().invoke(app, ["models", "export", *args])
         assert result.exit_code != 0 and says in f"{result.output} {result.exception}", result.output
@@ -140,12 +143,14 @@ def test_a_damaged_adapter_is_a_clear_error_and_writes_nothing(tiny_model, tiny_
 
 
 @pytest.mark.real_model
-def test_the_bundled_model_exports_to_gguf_q8_0(smollm2, smollm2_converted, tmp_path):
-    """The bundled model as q8_0 GGUF, loaded back by transformers: the same next token as float32 at
-    >= 95% of its greedy continuations' positions (teacher-forced), and the chat template kept."""
+@pytest.mark.parametrize(("quantize", "agreement"), [("q8_0", 0.95), ("q4_k_m", 0.85)])
+def test_the_bundled_model_exports_to_gguf(smollm2, smollm2_converted, tmp_path, quantize, agreement):
+    """The bundled model as GGUF, loaded back by transformers: the same next token as float32 at >= 95%
+    (q8_0; 78 of 80 in one run) or >= 85% (q4_k_m, mostly Q5_0 here: 70 of 80) of its greedy continuations'
+    positions (teacher-forced), and the chat template kept."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    export_model(Catalog(get_settings()), smollm2, "base", None, tmp_path / "gguf", fmt="gguf", quantize="q8_0")
+    export_model(Catalog(get_settings()), smollm2, "base", None, tmp_path / "gguf", fmt="gguf", quantize=quantize)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_converted)
     questions = ["Why is the sky blue?", "Name three fruits.", "What is 2 + 2?", "Write a haiku about rain.",
                  "How do plants grow?"]  # fmt: skip
@@ -155,7 +160,7 @@ def test_the_bundled_model_exports_to_gguf_q8_0(smollm2, smollm2_converted, tmp_
     expected = greedy(exact, prompts, 16)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf", dtype=torch.float32)
     same = sum(forced_agreement(loaded.eval(), ids, tokens) for ids, tokens in zip(prompts, expected, strict=True))
-    assert same / (16 * len(prompts)) >= 0.95, same
+    assert same / (16 * len(prompts)) >= agreement, same
     assert (
         AutoTokenizer.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf").chat_template
         == tokenizer.chat_template
@@ -217,3 +222,94 @@ def test_constant_system_prompt(tmp_path):
     assert constant_system_prompt(preference) == "Be brief."
     (tmp_path / "bad.jsonl").write_text('{"messages": [\n')
     assert constant_system_prompt(tmp_path / "bad.jsonl") is None
+
+
+@pytest.fixture(scope="module")
+def llama256_dir(tmp_path_factory, smollm2_tokenizer_dir):
+    """A random 2-layer Llama whose rows are all multiples of 256 long (hidden 256, intermediate 512), so
+    q4_k_m quantizes every weight in k-quants."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("llama256")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_q4_k_m_mixes_k_quants_as_llama_cpp_and_loads_back(llama256_dir, tmp_path):
+    """q4_k_m as llama.cpp's Q4_K_M: the tied token embeddings in Q6_K (they are the output), attn_v and
+    ffn_down in Q6_K in the ``use_more_bits`` layers (here the last), Q4_K elsewhere, norms in f32. Loaded
+    back by transformers and by ``tuneloop models add``, every weight is within its type's error of
+    float32's (Q4_K ~7%, Q6_K ~2% relative RMS for these Gaussian weights), and the logits closer to
+    float32's than q4_0's (all in 4 bits, the embeddings in q8_0)."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    catalog = Catalog(get_settings())
+    catalog.add("llama256", llama256_dir)
+    for quantize in ("q4_k_m", "q4_0"):
+        export_model(catalog, "llama256", "base", None, tmp_path / quantize, fmt="gguf", quantize=quantize)
+    reader = gguf.GGUFReader(tmp_path / "q4_k_m" / "model.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    six = {"token_embd.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight"}
+    norms = {name for name in types if name.endswith("norm.weight")}
+    assert {name for name, kind in types.items() if kind == "Q6_K"} == six and "output.weight" not in types
+    assert all(types[name] == "F32" for name in norms) and len(norms) == 5
+    assert all(kind == "Q4_K" for name, kind in types.items() if name not in six | norms), types
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == 15  # llama.cpp's MOSTLY_Q4_K_M
+    exact = AutoModelForCausalLM.from_pretrained(llama256_dir, dtype=torch.float32).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q4_k_m", gguf_file="model.gguf", dtype=torch.float32)
+    from_catalog = catalog.ensure_ready(catalog.add("exported", tmp_path / "q4_k_m" / "model.gguf")).path
+    from_catalog = AutoModelForCausalLM.from_pretrained(from_catalog, dtype=torch.float32).eval()
+    weights, original = loaded.state_dict(), exact.state_dict()
+    in_q6_k = ("embed_tokens.weight", "1.self_attn.v_proj.weight", "1.mlp.down_proj.weight")
+    for name, tensor in original.items():
+        if tensor.ndim == 2 and name != "lm_head.weight":
+            bound = 0.02 if name.endswith(in_q6_k) else 0.08
+            error = (weights[name] - tensor).norm() / tensor.norm()
+            assert error < bound, (name, float(error))
+            assert torch.equal(from_catalog.state_dict()[name], weights[name]), name
+    ids = torch.tensor([random_prompts(1)[0] * 2])
+    q4_0 = AutoModelForCausalLM.from_pretrained(tmp_path / "q4_0", gguf_file="model.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        logits = exact(ids).logits
+        error, error_q4_0 = ((m.eval()(ids).logits - logits).norm() / logits.norm() for m in (loaded, q4_0))
+    assert error < 0.2 and error < error_q4_0, (float(error), float(error_q4_0))
+
+
+def test_q4_k_m_falls_back_where_rows_are_not_256_long(tiny_model, tmp_path):
+    """The tiny model's rows (64, 128) fit no k-quant: as llama.cpp, Q4_K falls back to Q5_0 and Q6_K (the
+    tied embeddings, the last layer's attn_v and ffn_down) to Q8_0."""
+    import gguf
+
+    export_model(Catalog(get_settings()), tiny_model, "base", None, tmp_path / "k", fmt="gguf", quantize="q4_k_m")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "k" / "model.gguf").tensors}
+    eight = {"token_embd.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight"}
+    assert {name for name, kind in types.items() if kind == "Q8_0"} == eight
+    assert all(kind in ("Q5_0", "F32") for name, kind in types.items() if name not in eight), types
+
+
+def test_q4_k_m_types_for_the_bundled_models_shapes():
+    """llama.cpp's choices for SmolLM2-135M (30 layers, hidden 576, intermediate 1536) and an untied head."""
+    from tuneloop.models.export import q4_k_m_type
+
+    def kind(name: str, row: int = 576, tied: bool = True) -> str:
+        return q4_k_m_type(name, row, 30, not tied).name
+
+    more_bits = [i for i in range(30) if kind(f"blk.{i}.ffn_down.weight", 1536) == "Q6_K"]
+    assert more_bits == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+    assert [kind(f"blk.{i}.ffn_down.weight", 1536) for i in (3, 4)] == ["Q4_K", "Q4_K"]
+    assert [kind(f"blk.{i}.attn_v.weight") for i in (0, 3)] == ["Q8_0", "Q5_0"]  # 576: not a multiple of 256
+    assert [kind("token_embd.weight"), kind("blk.7.attn_q.weight"), kind("blk.0.ffn_up.weight")] == [
+        "Q8_0",
+        "Q5_0",
+        "Q5_0",
+    ]
+    assert [kind("token_embd.weight", 512, False), kind("output.weight", 512, False)] == ["Q4_K", "Q6_K"]
+    assert kind("blk.0.attn_q.weight", 48) == "F16"  # not a multiple of 32 either

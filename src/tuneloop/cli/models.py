@@ -77,7 +77,9 @@ def export(
     fmt: str = typer.Option(
         "merged", "--format", help="merged: a Hugging Face folder, LoRA merged into the base; gguf: GGUF + Modelfile."
     ),
-    quantize: str = typer.Option("f16", "--quantize", help="GGUF weights: f16, q8_0 or q4_0."),
+    quantize: str = typer.Option(
+        "f16", "--quantize", help="GGUF weights: f16, q8_0, q4_0 or q4_k_m (llama.cpp's Q4_K_M mix of Q4_K and Q6_K)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace --output if it exists (once the new one is whole)."),
 ) -> None:
     """Export a model: a Hugging Face folder (weights, tokenizer, chat template) or a GGUF for llama.cpp/Ollama."""

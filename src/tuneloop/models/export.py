@@ -4,7 +4,7 @@ A base model is written as it is loaded; a LoRA fine-tune (or checkpoint) has it
 into its base model's weights (``W + scale * B @ A``, peft's ``merge_and_unload``); a full
 fine-tune is written from its own weights. ``merged``: the float32 weights (safetensors), the
 tokenizer with the chat template the model was trained with, and ``generation_config.json``.
-``gguf``: one GGUF file (f16, q8_0 or q4_0) for llama.cpp with its metadata, vocabulary and chat
+``gguf``: one GGUF file (f16, q8_0, q4_0 or q4_k_m) for llama.cpp with its metadata, vocabulary and chat
 template, and an Ollama ``Modelfile``. The folder appears whole or not at all.
 """
 
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tuneloop.errors import InvalidModelError, TuneloopError
 from tuneloop.fileio import atomic_path
 from tuneloop.models.catalog import Catalog
 from tuneloop.models.loading import load_full_model, load_model
+
+if TYPE_CHECKING:
+    from gguf import GGMLQuantizationType
 
 ModelKind = Literal["base", "lora", "full"]
 FORMATS = ("merged", "gguf")
@@ -98,8 +101,9 @@ def modelfile(tokenizer, gguf_name: str, system: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: GGUF tensor types ``--quantize`` offers, and llama.cpp's file-type code of each
-GGUF_TYPES = {"f16": ("F16", 1), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2)}
+#: GGUF tensor types ``--quantize`` offers (q4_k_m: Q4_K's, mixed as llama.cpp mixes it), and llama.cpp's
+#: file-type code of each
+GGUF_TYPES = {"f16": ("F16", 1), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2), "q4_k_m": ("Q4_K", 15)}
 #: the Hugging Face architectures the GGUF writer knows (llama.cpp's ``llama`` graph)
 GGUF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
@@ -108,10 +112,12 @@ def write_gguf(model, tokenizer, out: Path, quantize: str = "f16", name: str = "
     """Write a Llama-family ``model`` and its (BPE) ``tokenizer`` as one GGUF file, as llama.cpp's
     ``convert_hf_to_gguf.py`` does: its metadata keys, tensor names (the ``gguf`` package's map),
     Q/K rows in its rotary order, the vocabulary with merges and special tokens, the chat template.
-    Norms stay float32; 2-D weights are ``quantize`` (f16, q8_0 or q4_0, whose token embeddings keep
-    q8_0; a row not a multiple of 32 stays f16)."""
+    Norms stay float32; 2-D weights are ``quantize``: f16, q8_0, q4_0 (whose token embeddings keep q8_0;
+    a row not a multiple of 32 stays f16), or q4_k_m (llama.cpp's mix, ``q4_k_m_type``)."""
     import gguf
     import numpy as np
+
+    from tuneloop.models import kquants
 
     config = model.config
     if config.architectures and config.architectures[0] not in GGUF_ARCHITECTURES:
@@ -152,17 +158,44 @@ def write_gguf(model, tokenizer, out: Path, quantize: str = "f16", name: str = "
             data = _rotary_order(data, kv_heads)
         if data.ndim == 1:
             writer.add_tensor(gguf_name, data.astype(np.float32))
+            continue
+        if quantize == "q4_k_m":
+            kind = q4_k_m_type(gguf_name, data.shape[-1], config.num_hidden_layers, not config.tie_word_embeddings)
         elif qtype != gguf.GGMLQuantizationType.F16 and data.shape[-1] % 32 == 0:
             # as llama.cpp's q4_0 files: the token embeddings (the tied output too) keep 8 bits
             kind = gguf.GGMLQuantizationType.Q8_0 if gguf_name == "token_embd.weight" else qtype
-            writer.add_tensor(gguf_name, gguf.quants.quantize(data, kind), raw_dtype=kind)
         else:
+            kind = gguf.GGMLQuantizationType.F16
+        if kind == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(gguf_name, data.astype(np.float16))
+        else:
+            writer.add_tensor(gguf_name, kquants.quantize(data, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def q4_k_m_type(name: str, row: int, layers: int, has_output: bool) -> GGMLQuantizationType:
+    """The GGUF type of the 2-D tensor ``name`` (rows ``row`` long) in a q4_k_m file, as llama.cpp's
+    ``llama_tensor_get_type`` picks it for a Llama model: Q6_K for ``output.weight`` (for the token embeddings
+    when the output is tied to them: Q8_0 if their rows are not a multiple of 256), Q6_K for ``attn_v`` and
+    ``ffn_down`` in its ``use_more_bits`` layers (the first and last eighth, every third between), Q4_K
+    elsewhere; then its fallback for rows not a multiple of 256 (Q4_K to Q5_0, Q6_K to Q8_0; F16 if not of 32)."""
+    from gguf import GGMLQuantizationType as Type
+
+    layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+    more_bits = layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+    if name == "output.weight" or (name == "token_embd.weight" and not has_output):
+        kind = Type.Q6_K if row % 256 == 0 else Type.Q8_0
+    elif layer >= 0 and more_bits and (".attn_v." in name or ".ffn_down." in name):
+        kind = Type.Q6_K
+    else:
+        kind = Type.Q4_K
+    if row % 256:
+        kind = Type.Q5_0 if kind == Type.Q4_K else Type.Q8_0 if kind == Type.Q6_K else kind
+    return kind if row % 32 == 0 else Type.F16
 
 
 def _rotary_order(weights, heads: int):
