@@ -153,6 +153,17 @@ def test_the_whole_loop_in_chromium(server, root, tmp_path):
         out_of_range = _api_error(server, "POST", "/fine_tuning/jobs", json={
             "model": "tiny-llama", "training_file": training_file, "hyperparameters": {"n_epochs": 500}})  # fmt: skip
         expect(page.locator("[data-error-for='hyperparameters.n_epochs']")).to_have_text(out_of_range)
+        page.fill("#n_epochs", "")
+        expect(page.locator("#beta-field")).to_be_hidden()
+        page.select_option("#method", "dpo")  # DPO: beta appears, and its error lands beside it
+        page.fill("#beta", "5")
+        page.click("#job-form button[type=submit]")
+        bad_beta = _api_error(server, "POST", "/fine_tuning/jobs", json={
+            "model": "tiny-llama", "training_file": training_file,
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}})  # fmt: skip
+        expect(page.locator("[data-error-for='hyperparameters.beta']")).to_have_text(bad_beta)
+        page.select_option("#method", "supervised")
+        expect(page.locator("#beta-field")).to_be_hidden()
         page.fill("#n_epochs", "10")
         page.fill("#batch_size", "1")
         page.fill("#suffix", "yes-no")

@@ -263,9 +263,9 @@ def test_the_final_model_is_the_epoch_with_the_best_validation_answers(
     scripted, evaluate = iter([0.5, 0.9, 0.7] * 2), loop._evaluate
 
     def scripted_evaluate(run, indices):
-        loss, token_accuracy, answer_accuracy = evaluate(run, indices)
+        result = evaluate(run, indices)
         full = len(indices) == len(run.valid)
-        return loss, token_accuracy, next(scripted) if full else answer_accuracy
+        return result._replace(answer_accuracy=next(scripted)) if full else result
 
     monkeypatch.setattr(loop, "_evaluate", scripted_evaluate)
     valid = write_jsonl(tmp_path / "valid.jsonl", conversations(12, seed=3))

@@ -63,3 +63,26 @@ def test_one_check_for_every_hyperparameter() -> None:
     with pytest.raises(ValidationError):
         JobSpec(model="m", training_file="f", seed=1, suffix="")
     assert set(BOUNDS) == set(Hyperparameters.model_fields)
+
+
+def test_a_dpo_spec_keeps_its_type_and_beta_and_shows_them_as_openai_does(tmp_path: Path) -> None:
+    settings = get_settings()
+    engine = make_engine(settings)
+    files, jobs = FileStore(engine, settings.home), JobStore(engine)
+    training = files.create_bytes("pairs.jsonl", "fine-tune", b"{}\n")
+    spec = JobSpec(model="tiny-llama", training_file=training.id, objective="dpo", seed=3,
+                   hyperparameters=Hyperparameters(n_epochs=2, beta=0.25))  # fmt: skip
+    job = jobs.create(**spec.columns())
+    assert JobSpec.of(job) == spec and job.objective == "dpo"
+    stored = {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto", "beta": 0.25}
+    assert job.hyperparameters == stored
+    shown = job.to_openai("local")
+    assert shown["method"] == {"type": "dpo", "dpo": {"hyperparameters": stored}}
+    assert "beta" not in shown["hyperparameters"]  # the legacy field has the supervised keys only
+    config = JobSpec.of(job).train_config(settings, files, tmp_path / "out", resume=False)
+    assert (config.objective, config.beta, config.n_epochs) == ("dpo", 0.25, 2)
+    supervised = jobs.create(**JobSpec(model="m", training_file=training.id, seed=1).columns())
+    assert supervised.objective == "supervised" and supervised.to_openai("local")["method"]["type"] == "supervised"
+    with pytest.raises(HyperparameterError, match="'beta'"):
+        Hyperparameters.checked({"beta": 0})
+    engine.dispose()

@@ -48,14 +48,14 @@ def test_migrations_from_empty_database(engine):
 
 def test_migration_renumbers_duplicate_list_order(engine):
     """Databases written before migration 2 may hold duplicate seq numbers; the upgrade keeps the order."""
-    with engine.begin() as conn:
+    jobs = JobStore(engine)
+    ids = [new_job(jobs) for _ in range(3)]
+    with engine.begin() as conn:  # back to the schema of version 1, with duplicate seq numbers
         conn.execute(sa.text("DROP INDEX ux_jobs_seq"))
         conn.execute(sa.text("DELETE FROM schema_migrations WHERE version >= 2"))
         conn.execute(sa.text("DROP INDEX ux_files_seq"))
         conn.execute(sa.text("DROP TABLE stored_completions"))  # migration 3
-    jobs = JobStore(engine)
-    ids = [new_job(jobs) for _ in range(3)]
-    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN objective"))  # migration 4
         conn.execute(sa.text("UPDATE jobs SET seq = 7 WHERE id != :id"), {"id": ids[0]})
     migrate(engine)
     listed = [j.id for j in jobs.list()[0]]

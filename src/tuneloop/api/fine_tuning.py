@@ -33,15 +33,39 @@ class RequestedHyperparameters(BaseModel):
     learning_rate_multiplier: JsonValue = "auto"
 
 
+class RequestedDpoHyperparameters(RequestedHyperparameters):
+    """OpenAI's DPO hyperparameters as sent: the supervised ones and ``beta``."""
+
+    beta: JsonValue = "auto"
+
+
 class Supervised(BaseModel):
     hyperparameters: RequestedHyperparameters | None = None
 
 
+class Dpo(BaseModel):
+    hyperparameters: RequestedDpoHyperparameters | None = None
+
+
 class Method(BaseModel):
+    """OpenAI's ``method``: ``supervised`` or ``dpo`` (``reinforcement`` is refused with a 400)."""
+
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: Supervised | None = None
-    dpo: dict | None = None
+    dpo: Dpo | None = None
     reinforcement: dict | None = None
+
+    def requested(self) -> tuple[RequestedHyperparameters | None, str]:
+        """The hyperparameters given for this method type, and their parameter path."""
+        if self.type == "reinforcement":
+            raise APIError(400, "Method type 'reinforcement' is not supported; use 'supervised' or 'dpo'.",
+                           param="method.type", code="invalid_value")  # fmt: skip
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None or self.reinforcement is not None:
+            raise APIError(400, f"method.type is '{self.type}' but the method holds settings of another type; "
+                           f"send them under 'method.{self.type}'.", param="method")  # fmt: skip
+        section = self.dpo if self.type == "dpo" else self.supervised
+        return (section.hyperparameters if section else None), f"method.{self.type}.hyperparameters"
 
 
 class CreateJobRequest(RequestBody):
@@ -60,12 +84,17 @@ class CreateJobRequest(RequestBody):
     training_method: TrainingMethod = "lora"
 
     def spec(self) -> JobSpec:
-        """The job this request asks for; an out-of-range hyperparameter is a 400 with the shared message."""
+        """The job this request asks for; an out-of-range hyperparameter is a 400 with the shared message
+        (the legacy ``hyperparameters`` field serves when the method gives none)."""
         requested, param = self.hyperparameters, "hyperparameters"
-        if self.method is not None and self.method.supervised is not None and self.method.supervised.hyperparameters:
-            requested, param = self.method.supervised.hyperparameters, "method.supervised.hyperparameters"
+        objective = self.method.type if self.method is not None else "supervised"
+        if self.method is not None and (given := self.method.requested())[0] is not None:
+            requested, param = given
+        values = requested.model_dump(exclude_unset=True) if requested else {}
+        if objective == "dpo":
+            values.setdefault("beta", "auto")
         try:
-            hyperparameters = Hyperparameters.checked(requested.model_dump(exclude_unset=True) if requested else {})
+            hyperparameters = Hyperparameters.checked(values)
         except HyperparameterError as exc:
             raise APIError(400, str(exc), param=f"{param}.{exc.name}", code="invalid_value") from exc
         return JobSpec(
@@ -73,6 +102,7 @@ class CreateJobRequest(RequestBody):
             training_file=self.training_file,
             validation_file=self.validation_file,
             method=self.training_method,
+            objective=objective,  # type: ignore[arg-type]  (reinforcement was refused above)
             hyperparameters=hyperparameters,
             suffix=self.suffix,
             seed=self.seed if self.seed is not None else secrets.randbelow(2**31),
@@ -104,8 +134,6 @@ def create_job(state: State, body: CreateJobRequest) -> dict:
         state.catalog.get(body.model)
     except ModelNotFoundError as exc:  # the catalog's message lists the base models one can fine-tune
         raise model_not_found(body.model, str(exc)) from exc
-    if body.method is not None and body.method.type != "supervised":
-        raise APIError(400, f"method '{body.method.type}' is not supported yet; use 'supervised'", param="method")
     if body.integrations:
         raise APIError(400, "integrations are not supported", param="integrations")
     _check_file(state, body.training_file, "training_file")

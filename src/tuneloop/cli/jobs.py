@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from tuneloop.cli.client import DEFAULT_BASE_URL, BaseUrl, connect, output_console, table, timestamp
-from tuneloop.cli.options import BatchSize, Epochs, LearningRateMultiplier, Method, TrainingMethod
+from tuneloop.cli.options import BatchSize, Beta, Epochs, LearningRateMultiplier, Method, TrainingMethod
 from tuneloop.errors import TuneloopError
 from tuneloop.jobs.follow import EVENTS_PAGE, print_event
 from tuneloop.jobs.follow import watch as follow_on
@@ -55,6 +55,7 @@ def create(
     suffix: str | None = typer.Option(None, "--suffix", help="Up to 64 characters added to the model id."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for reproducible training."),
     method: Method = TrainingMethod.lora,
+    beta: Beta = "auto",
     metadata: list[str] = typer.Option(
         [], "--metadata", metavar="KEY=VALUE", callback=check_metadata, help="Tag the job (repeatable)."
     ),
@@ -63,8 +64,12 @@ def create(
     as_json: bool = typer.Option(False, "--json", help="Print the created job as JSON."),
     base_url: BaseUrl = DEFAULT_BASE_URL,
 ) -> None:
-    """Create a supervised fine-tuning job; prints its id (and follows it with --follow)."""
+    """Create a fine-tuning job (supervised, or DPO with --method dpo); prints its id (and follows it with --follow)."""
     hyperparameters = {"n_epochs": epochs, "batch_size": batch_size, "learning_rate_multiplier": lr_multiplier}
+    if beta != "auto" and method.objective != "dpo":
+        raise typer.BadParameter("--beta is DPO's: use it with --method dpo or dpo-full", param_hint="'--beta'")
+    if method.objective == "dpo":
+        hyperparameters["beta"] = beta
     optional = {
         "validation_file": validation_file,
         "suffix": suffix,
@@ -93,12 +98,14 @@ def submit(
     method: TrainingMethod = TrainingMethod.lora,
     **optional: Any,
 ) -> FineTuningJob:
-    """Create a supervised job; ``optional`` holds validation_file, suffix, seed, metadata (None: not sent)."""
+    """Create a job (``method`` says supervised or DPO, LoRA or full); ``optional`` holds validation_file, suffix,
+    seed, metadata (None: not sent)."""
+    kind = method.objective
     return client.fine_tuning.jobs.create(
         model=model,
         training_file=training_file,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        extra_body={"training_method": method.value},
+        method={"type": kind, kind: {"hyperparameters": hyperparameters}},  # type: ignore[misc]
+        extra_body={"training_method": method.weights},
         **{k: v for k, v in optional.items() if v is not None},
     )
 

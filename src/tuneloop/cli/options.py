@@ -12,10 +12,23 @@ from tuneloop.train.hyperparameters import check_hyperparameter
 
 
 class TrainingMethod(StrEnum):
-    """How the weights are trained: LoRA adapters or every parameter."""
+    """What is trained and how: supervised (``lora``, ``full``) or DPO on preference pairs (``dpo`` with LoRA
+    adapters, ``dpo-full`` on every parameter)."""
 
     lora = "lora"
     full = "full"
+    dpo = "dpo"
+    dpo_full = "dpo-full"
+
+    @property
+    def weights(self) -> str:
+        """``lora`` adapters or ``full`` fine-tuning (the API's ``training_method``)."""
+        return "full" if self in (TrainingMethod.full, TrainingMethod.dpo_full) else "lora"
+
+    @property
+    def objective(self) -> str:
+        """OpenAI's method type: ``supervised`` or ``dpo``."""
+        return "dpo" if self in (TrainingMethod.dpo, TrainingMethod.dpo_full) else "supervised"
 
 
 def hyperparameter(name: str, cast: type[int] | type[float], what: str) -> Callable[[str], int | float | str]:
@@ -64,4 +77,20 @@ LearningRateMultiplier = Annotated[
         help="Learning-rate multiplier (above 0, at most 100).",
     ),
 ]
-Method = Annotated[TrainingMethod, typer.Option("--method", help="LoRA adapters or full fine-tuning.")]
+Beta = Annotated[
+    str,
+    typer.Option(
+        "--beta",
+        metavar="X|auto",
+        callback=hyperparameter("beta", float, "a number"),
+        help="DPO's beta (above 0, at most 2; auto = 0.1); only with --method dpo or dpo-full.",
+    ),
+]
+Method = Annotated[
+    TrainingMethod,
+    typer.Option(
+        "--method",
+        help="Supervised with LoRA adapters (lora) or every weight (full); DPO on preference pairs likewise "
+        "(dpo, dpo-full).",
+    ),
+]

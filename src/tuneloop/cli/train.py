@@ -7,20 +7,23 @@ from pathlib import Path
 
 import typer
 
-from tuneloop.cli.options import BatchSize, Epochs, LearningRateMultiplier, Method, TrainingMethod
+from tuneloop.cli.options import BatchSize, Beta, Epochs, LearningRateMultiplier, Method, TrainingMethod
 from tuneloop.config import get_settings
 from tuneloop.train import StepMetrics, TrainCallbacks, TrainConfig
 
 
 def train(
     model: str = typer.Option(..., "--model", "-m", help="Base model (see `tuneloop models list`)."),
-    train_file: Path = typer.Option(..., "--train", help="Training JSONL file (chat or prompt/completion)."),
+    train_file: Path = typer.Option(
+        ..., "--train", help="Training JSONL file (chat or prompt/completion; preference pairs for DPO)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (adapter or model, checkpoints, metrics.csv)."),
     valid_file: Path | None = typer.Option(None, "--valid", help="Validation JSONL file."),
     epochs: Epochs = "auto",
     batch_size: BatchSize = "auto",
     lr_multiplier: LearningRateMultiplier = "auto",
     method: Method = TrainingMethod.lora,
+    beta: Beta = "auto",
     lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
     max_length: int | None = typer.Option(None, "--max-length", help="Truncate examples to this many tokens."),
     seed: int = typer.Option(42, "--seed", help="Random seed."),
@@ -33,6 +36,8 @@ def train(
     from tuneloop.cpu import set_priority
     from tuneloop.train.loop import train as run_training  # here, not at the top: it loads torch
 
+    if beta != "auto" and method.objective != "dpo":
+        raise typer.BadParameter("--beta is DPO's: use it with --method dpo or dpo-full", param_hint="'--beta'")
     set_priority(get_settings().train_nice)  # serving on the same machine goes first
 
     config = TrainConfig(
@@ -40,7 +45,9 @@ def train(
         training_file=train_file,
         validation_file=valid_file,
         output_dir=out,
-        method=method.value,
+        method=method.weights,
+        objective=method.objective,
+        beta=beta,
         n_epochs=epochs,
         batch_size=batch_size,
         learning_rate_multiplier=lr_multiplier,
@@ -58,6 +65,8 @@ def train(
         if bar is None:
             bar = tqdm(total=m.total_steps, initial=m.step - 1, unit="step", file=sys.stderr, dynamic_ncols=True)
         postfix = {"loss": f"{m.train_loss:.4f}", "tok/s": f"{m.tokens_per_second:.0f}"}
+        if m.train_preference_accuracy is not None:
+            postfix["pref"] = f"{m.train_preference_accuracy:.0%}"
         if m.valid_loss is not None:
             postfix["valid"] = f"{m.valid_loss:.4f}"
         bar.set_postfix(postfix, refresh=False)
@@ -81,10 +90,13 @@ def train(
             line += f", full_valid_loss {m.full_valid_loss:.4f}"
         if m.full_valid_answer_accuracy is not None:
             line += f", answer accuracy {m.full_valid_answer_accuracy:.1%}"
+        if m.full_valid_preference_accuracy is not None:
+            line += f", preference accuracy {m.full_valid_preference_accuracy:.1%}"
         print(line, file=sys.stderr)
     if (best := result.best_epoch) is not None and best.step < result.steps_done:
         print(
-            f"kept epoch {best.epoch}: the best validation answer accuracy ({best.answer_accuracy:.1%})",
+            f"kept epoch {best.epoch}: the best validation {'preference' if result.objective == 'dpo' else 'answer'}"
+            f" accuracy ({best.answer_accuracy:.1%})",
             file=sys.stderr,
         )
     print(result.weights_path)

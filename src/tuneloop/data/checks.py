@@ -204,21 +204,38 @@ def _parallel_problems(messages: list) -> list[Problem]:
 
 
 def check_preference(obj: dict) -> list[Problem]:
-    """Problems in a preference (DPO) example."""
+    """Problems in a preference (DPO) example: its input, each side, and the two sides being different."""
     inp = obj.get("input")
     if not isinstance(inp, dict):
         return [Problem("missing_messages_list", "'input' must be an object with a 'messages' list")]
     names, problems = tool_names(inp.get("tools"), inp.get("functions"))
     problems += check_messages(inp.get("messages"), names, need_assistant=False)
+    sides = []
     for key in ("preferred_output", "non_preferred_output"):
         out = obj.get(key)
-        if not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict):
+        if key not in obj:
+            problems.append(Problem("missing_preference_output", f"the example has no '{key}' (a DPO pair needs both "
+                                    "'preferred_output' and 'non_preferred_output')"))  # fmt: skip
+        elif not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict):
             problems.append(Problem("data_type", f"'{key}' must be a list holding exactly one assistant message"))
         elif out[0].get("role") != "assistant":
             problems.append(Problem("unrecognized_role", f"'{key}' must be an assistant message"))
         elif (p := _content_problem(out[0].get("content"), f"'{key}'")) is not None:
             problems.append(p)
+        else:
+            sides.append(out[0])
+    if len(sides) == 2 and _reply_key(sides[0]) == _reply_key(sides[1]):
+        problems.append(Problem("identical_preference_outputs", "'preferred_output' and 'non_preferred_output' are "
+                                "the same reply: the pair teaches nothing"))  # fmt: skip
     return problems
+
+
+def _reply_key(message: dict) -> str:
+    """What a reply says (its text and calls), for comparing the two sides of a pair."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return json.dumps([content or "", message.get("tool_calls"), message.get("function_call")], sort_keys=True)
 
 
 def check_completion(obj: dict) -> list[Problem]:

@@ -149,3 +149,29 @@ def render_examples(
     if max_length is not None:
         out = [r.truncated(max_length) for r in out]
     return out
+
+
+def preference_conversations(example: PreferenceExample) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The two conversations of a pair: the input then the preferred (or non-preferred) reply, the only trained
+    turn (earlier assistant turns of the input are context)."""
+    context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in example.messages]
+    reply = lambda m: {k: v for k, v in m.items() if k != "weight"}  # noqa: E731
+    return context + [reply(example.preferred)], context + [reply(example.non_preferred)]
+
+
+def render_preferences(
+    renderer: ChatRenderer, examples: Sequence[PreferenceExample], max_length: int | None = None, batch: int = 512
+) -> list[tuple[Rendered, Rendered]]:
+    """(preferred, non-preferred) token ids and loss masks of each pair, truncated to ``max_length``."""
+    conversations: list[tuple[list[dict[str, Any]], list | None]] = []
+    for e in examples:
+        if not isinstance(e, PreferenceExample):
+            raise DataError(f"line {e.line}: a DPO run needs preference examples, not {type(e).__name__}")
+        chosen, rejected = preference_conversations(e)
+        conversations += [(chosen, e.tools), (rejected, e.tools)]
+    out: list[Rendered] = []
+    for start in range(0, len(conversations), batch):
+        out.extend(renderer.render_many(conversations[start : start + batch]))
+    if max_length is not None:
+        out = [r.truncated(max_length) for r in out]
+    return list(zip(out[0::2], out[1::2], strict=True))

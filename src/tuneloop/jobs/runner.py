@@ -26,7 +26,7 @@ from tuneloop.store.jobs import Job, JobStore
 from tuneloop.train.checkpoint import STEP_KEY, latest_checkpoint, read_meta
 from tuneloop.train.config import ResolvedHyperparameters
 from tuneloop.train.loop import train
-from tuneloop.train.metrics import CheckpointInfo, StepMetrics, TrainCallbacks
+from tuneloop.train.metrics import DPO_COLUMNS, CheckpointInfo, StepMetrics, TrainCallbacks
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = (
@@ -40,6 +40,8 @@ METRIC_KEYS = (
     "full_valid_mean_token_accuracy",
     "full_valid_answer_accuracy",
 )
+#: DPO's metrics, in a DPO job's events and checkpoints only.
+DPO_METRIC_KEYS = tuple(DPO_COLUMNS)
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -48,15 +50,26 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 
 def step_message(m: StepMetrics) -> str:
-    """OpenAI's metrics event text: ``Step n/N: training loss=0.15, validation loss=0.27``."""
+    """OpenAI's metrics event text: ``Step n/N: training loss=0.15, validation loss=0.27`` (DPO: and the
+    preference accuracies)."""
     text = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.2f}"
+    if m.train_preference_accuracy is not None:
+        text += f", preference accuracy={m.train_preference_accuracy:.1%}"
     if m.valid_loss is not None:
         text += f", validation loss={m.valid_loss:.2f}"
     if m.full_valid_loss is not None:
         text += f", full validation loss={m.full_valid_loss:.2f}"
     if m.full_valid_answer_accuracy is not None:
         text += f", answer accuracy={m.full_valid_answer_accuracy:.1%}"
+    if m.full_valid_preference_accuracy is not None:
+        text += f", validation preference accuracy={m.full_valid_preference_accuracy:.1%}"
     return text
+
+
+def metrics_data(m: StepMetrics) -> dict:
+    """A metrics event's ``data``: OpenAI's keys (and ours), plus DPO's where the run computed them."""
+    data = {k: getattr(m, k) for k in METRIC_KEYS}
+    return data | {k: v for k in DPO_METRIC_KEYS if (v := getattr(m, k)) is not None}
 
 
 def threads_message(threads: int, adaptive: bool, nice: int) -> str:
@@ -115,9 +128,9 @@ def _train_job(
     if result.stopped:
         return  # paused or cancelled: the worker records the outcome
     if result.best_epoch is not None:
-        best = result.best_epoch
+        best, what = result.best_epoch, "preference" if result.objective == "dpo" else "answer"
         jobs.add_event(job.id, f"The fine-tuned model is epoch {best.epoch} (step {best.step}): the best validation "
-                       f"answer accuracy ({best.answer_accuracy:.1%}, loss {best.loss:.2f})")  # fmt: skip
+                       f"{what} accuracy ({best.answer_accuracy:.1%}, loss {best.loss:.2f})")  # fmt: skip
     results = files.create_bytes("step_metrics.csv", "fine-tune-results", result.metrics_csv.read_bytes())
     jobs.add_model(model_id, spec.model, job.id, result.method, str(result.weights_path))
     jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
@@ -149,12 +162,11 @@ def _callbacks(
         done_here = max(1, m.step - first_step)
         finish = int(time.time() + (time.time() - started) / done_here * (m.total_steps - m.step))
         jobs.update_where(job_id, worker_id=worker_id, values={"estimated_finish": finish})
-        data = {k: getattr(m, k) for k in METRIC_KEYS}
-        jobs.add_event(job_id, step_message(m), type="metrics", data=data)
+        jobs.add_event(job_id, step_message(m), type="metrics", data=metrics_data(m))
 
     def on_checkpoint(info: CheckpointInfo) -> None:
         checkpoint_id = f"{model_id}:ckpt-step-{info.step}"
-        metrics = {k: getattr(info.metrics, k) for k in METRIC_KEYS if k != "total_steps"} if info.metrics else {}
+        metrics = {k: v for k, v in metrics_data(info.metrics).items() if k != "total_steps"} if info.metrics else {}
         jobs.add_checkpoint(job_id, info.step, checkpoint_id, metrics, str(info.path))
         existing = {str(p) for p in (out / "checkpoints").iterdir() if p.is_dir()}
         jobs.delete_checkpoints_except(job_id, existing)

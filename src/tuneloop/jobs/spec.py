@@ -32,6 +32,8 @@ Seed = Annotated[int, Field(ge=0, le=2147483647)]
 #: OpenAI's metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.
 Metadata = Annotated[dict[str, str], AfterValidator(_metadata_limits)]
 TrainingMethod = Literal["lora", "full"]
+#: OpenAI's ``method.type`` that tuneloop trains.
+Objective = Literal["supervised", "dpo"]
 
 
 class JobSpec(BaseModel):
@@ -43,7 +45,10 @@ class JobSpec(BaseModel):
     training_file: str = Field(description="Id of the training file (file-...).")
     validation_file: str | None = Field(default=None, description="Id of the validation file, if any.")
     method: TrainingMethod = Field(default="lora", description="`lora` adapters or `full` fine-tuning.")
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="As requested.")
+    objective: Objective = Field(default="supervised", description="OpenAI's method.type: `supervised` or `dpo`.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="As requested (`beta` for DPO jobs only)."
+    )
     suffix: Suffix | None = Field(default=None, description="Added to the fine-tuned model's id.")
     seed: Seed = Field(description="Seed for adapter initialisation, data order and dropout.")
     metadata: Metadata | None = Field(default=None, description="The caller's key/value tags.")
@@ -56,6 +61,7 @@ class JobSpec(BaseModel):
             training_file=job.training_file,
             validation_file=job.validation_file,
             method=job.method,  # type: ignore[arg-type]
+            objective=job.objective,  # type: ignore[arg-type]
             hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
             suffix=job.suffix,
             seed=job.seed,
@@ -64,7 +70,8 @@ class JobSpec(BaseModel):
 
     def columns(self) -> dict[str, Any]:
         """The job-store columns that hold this spec (``JobStore.create(**spec.columns())``)."""
-        return {**self.model_dump(exclude={"hyperparameters"}), "hyperparameters": self.hyperparameters.model_dump()}
+        hyperparameters = self.hyperparameters.model_dump(exclude_none=True)
+        return {**self.model_dump(exclude={"hyperparameters"}), "hyperparameters": hyperparameters}
 
     def train_config(self, settings: Settings, files: FileStore, output_dir: Path, resume: bool) -> TrainConfig:
         """The training run of this job: its files on disk, writing to ``output_dir``; ``resume`` continues
@@ -76,7 +83,8 @@ class JobSpec(BaseModel):
             validation_file=validation,
             output_dir=output_dir,
             method=self.method,
-            **self.hyperparameters.model_dump(),
+            objective=self.objective,
+            **self.hyperparameters.model_dump(exclude_none=True),
             seed=self.seed,
             resume_from="latest" if resume else None,
             device=settings.device if settings.device != "auto" else None,

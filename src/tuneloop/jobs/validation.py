@@ -45,7 +45,7 @@ def validate_job(jobs: JobStore, files: FileStore, catalog: Catalog, job_id: str
         what += f" and validation file: {job.validation_file}"
     jobs.add_event(job_id, what)
     try:
-        error = _first_error(files, catalog, job.model, job.training_file, job.validation_file)
+        error = _first_error(files, catalog, job.model, job.training_file, job.validation_file, job.objective)
     except Exception as exc:  # never leave a job in validating_files
         log.exception("validation of %s crashed", job_id)
         error = {"code": "validation_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
@@ -57,9 +57,15 @@ def validate_job(jobs: JobStore, files: FileStore, catalog: Catalog, job_id: str
 
 
 def _first_error(
-    files: FileStore, catalog: Catalog, model: str, training_file: str, validation_file: str | None
+    files: FileStore,
+    catalog: Catalog,
+    model: str,
+    training_file: str,
+    validation_file: str | None,
+    objective: str = "supervised",
 ) -> dict | None:
-    """The job error of the first file that fails validation, or None when both pass."""
+    """The job error of the first file that fails validation (or is in the wrong format for the job's
+    ``objective``: a DPO job needs preference pairs), or None when both pass."""
     entry = catalog.ensure_ready(catalog.get(model))
     renderer = ChatRenderer(load_tokenizer(entry))
     for file_id, param in ((training_file, "training_file"), (validation_file, "validation_file")):
@@ -73,7 +79,18 @@ def _first_error(
             continue  # a small validation file is fine
         if not report.ok:
             return _failure(report, param)
-        if report.format not in ("chat", "completion"):
-            message = f"Invalid file format: {file_id} is in the {report.format} format, but the job is supervised"
+        if (message := _format_problem(file_id, report.format, objective)) is not None:
             return {"code": f"invalid_{param}", "message": message, "param": param}
+    return None
+
+
+def _format_problem(file_id: str, fmt: str | None, objective: str) -> str | None:
+    """Why a file's format does not suit the job, or None when it does."""
+    if objective == "dpo" and fmt != "preference":
+        return (f"Invalid file format: {file_id} is in the {fmt} format, but the job is dpo: each line must be a "
+                "preference pair {\"input\": {\"messages\": [...]}, \"preferred_output\": [{assistant message}], "
+                "\"non_preferred_output\": [{assistant message}]}")  # fmt: skip
+    if objective != "dpo" and fmt not in ("chat", "completion"):
+        hint = " (preference pairs train with method type 'dpo')" if fmt == "preference" else ""
+        return f"Invalid file format: {file_id} is in the {fmt} format, but the job is supervised{hint}"
     return None

@@ -57,6 +57,7 @@ jobs = sa.Table(
     sa.Column("hyperparameters", JSONText, nullable=False),  # as requested ("auto" or numbers)
     sa.Column("resolved", JSONText),  # resolved hyperparameters, once training started
     sa.Column("method", sa.String(16), nullable=False),  # lora | full
+    sa.Column("objective", sa.String(16), nullable=False, server_default="supervised"),  # supervised | dpo
     sa.Column("suffix", sa.String(64)),
     sa.Column("seed", sa.BigInteger, nullable=False),
     sa.Column("metadata", JSONText),
@@ -183,6 +184,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX ux_stored_completions_seq ON stored_completions (seq);
     CREATE INDEX ix_stored_completions_model ON stored_completions (model, seq)
+    """,
+    # 4: OpenAI's method.type of a job (supervised | dpo); DPO's beta lives in its hyperparameters
+    """
+    ALTER TABLE jobs ADD COLUMN objective VARCHAR(16) NOT NULL DEFAULT 'supervised'
     """,
 ]
 

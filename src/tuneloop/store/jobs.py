@@ -33,6 +33,7 @@ class Job:
     hyperparameters: dict[str, Any]
     resolved: dict[str, Any] | None
     method: str
+    objective: str  # OpenAI's method.type: supervised | dpo
     suffix: str | None
     seed: int
     metadata: dict[str, str] | None
@@ -50,10 +51,13 @@ class Job:
     attempts: int
 
     def to_openai(self, org: str) -> dict[str, Any]:
-        """The OpenAI FineTuningJob object."""
-        hp = dict(self.hyperparameters)
+        """The OpenAI FineTuningJob object (``hyperparameters`` without DPO's beta, ``method`` with it)."""
+        hp = {k: v for k, v in self.hyperparameters.items() if k != "beta"}
         if self.resolved:
             hp.update({k: self.resolved[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")})
+        method_hp = dict(hp)
+        if self.objective == "dpo":
+            method_hp["beta"] = (self.resolved or {}).get("beta") or self.hyperparameters.get("beta", "auto")
         return {
             "id": self.id,
             "object": "fine_tuning.job",
@@ -72,7 +76,7 @@ class Job:
             "validation_file": self.validation_file,
             "integrations": None,
             "estimated_finish": self.estimated_finish,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+            "method": {"type": self.objective, self.objective: {"hyperparameters": method_hp}},
             "metadata": self.metadata,
             "user_provided_suffix": self.suffix,
             "training_method": self.method,
@@ -101,6 +105,7 @@ class JobStore:
         suffix: str | None,
         seed: int,
         metadata: dict[str, str] | None,
+        objective: str = "supervised",
     ) -> Job:
         """Insert a new job in ``validating_files``."""
         job_id = random_id("ftjob-")
@@ -109,7 +114,8 @@ class JobStore:
             self.engine, jobs,
             dict(
                 id=job_id, model=model, training_file=training_file, validation_file=validation_file,
-                status="validating_files", hyperparameters=hyperparameters, method=method, suffix=suffix,
+                status="validating_files", hyperparameters=hyperparameters, method=method, objective=objective,
+                suffix=suffix,
                 seed=seed, metadata=metadata, created_at=now, result_files=[], attempts=0,
             ),
         )  # fmt: skip

@@ -1,7 +1,8 @@
-"""Step 2 — supervised fine-tuning: ``train(config, settings=...) -> TrainResult``.
+"""Step 2 — supervised fine-tuning and DPO: ``train(config, settings=...) -> TrainResult``.
 
 LoRA or full fine-tuning of a catalog model on a chat (or prompt/completion) JSONL file, with the
-loss only on trained tokens, padding-free packed batches that compute a shared prompt prefix once,
+loss only on trained tokens, or with DPO on a preference file (``objective="dpo"``, ``train.dpo``), with
+padding-free packed batches that compute a shared prompt prefix once (and a pair's prompt once),
 exact gradient accumulation, per-step metrics, atomic checkpoints and exact resume, on one
 process or many (``torchrun``).
 """

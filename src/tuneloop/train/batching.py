@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -39,6 +40,31 @@ class Sample:
         """Number of tokens that carry loss."""
         return len(self.targets)
 
+    @property
+    def first_label(self) -> int:
+        """The first label position (a shared prefix must stop before it)."""
+        return self.label_positions[0]
+
+    @property
+    def n_computed(self) -> int:
+        """Tokens a forward pass computes for this sample alone."""
+        return len(self.input_ids)
+
+
+class Packable(Protocol):
+    """What micro-batching needs of a sample: a ``Sample``, or a DPO pair (``train.pairs.PairSample``)."""
+
+    @property
+    def input_ids(self) -> tuple[int, ...]: ...  # sorting key; its start may be shared with the micro-batch
+    @property
+    def first_label(self) -> int: ...
+    @property
+    def n_computed(self) -> int: ...
+    @property
+    def n_labels(self) -> int: ...  # the loss normaliser's share: trained tokens, or 1 per DPO pair
+    @property
+    def n_tokens(self) -> int: ...
+
 
 def to_sample(rendered: Rendered) -> Sample | None:
     """Reduce a rendered example; None when no token of it carries loss."""
@@ -50,22 +76,22 @@ def to_sample(rendered: Rendered) -> Sample | None:
     return Sample(tuple(ids[:end]), tuple(positions), tuple(ids[t + 1] for t in positions), len(ids))
 
 
-def shared_prefix_length(samples: Sequence[Sample]) -> int:
+def shared_prefix_length(samples: Sequence[Packable]) -> int:
     """Longest prefix all samples share that holds no label position (0 for fewer than 2 samples)."""
     if len(samples) < 2:
         return 0
     first = samples[0].input_ids
-    limit = min(s.label_positions[0] for s in samples)
+    limit = min(s.first_label for s in samples)
     n = 0
     while n < limit and all(s.input_ids[n] == first[n] for s in samples):
         n += 1
     return n
 
 
-def computed_tokens(samples: Sequence[Sample], share_prefix: bool) -> int:
+def computed_tokens(samples: Sequence[Packable], share_prefix: bool) -> int:
     """Tokens a forward pass over ``samples`` computes (the shared prefix counted once)."""
     prefix = shared_prefix_length(samples) if share_prefix else 0
-    return prefix + sum(len(s.input_ids) - prefix for s in samples)
+    return prefix + sum(s.n_computed - prefix for s in samples)
 
 
 def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
@@ -84,24 +110,24 @@ def batch_indices(order: Sequence[int], batch_size: int, index_in_epoch: int) ->
     return list(order[index_in_epoch * batch_size : (index_in_epoch + 1) * batch_size])
 
 
-def shard(indices: Sequence[int], samples: Sequence[Sample], rank: int, world_size: int) -> list[int]:
+def shard(indices: Sequence[int], samples: Sequence[Packable], rank: int, world_size: int) -> list[int]:
     """This rank's share of a global batch: contiguous (so shared prefixes stay together), balanced by tokens."""
     ordered = sorted(indices, key=lambda i: samples[i].input_ids)
     if world_size == 1:
         return ordered
-    total = sum(len(samples[i].input_ids) for i in ordered)
+    total = sum(samples[i].n_computed for i in ordered)
     parts: list[list[int]] = [[] for _ in range(world_size)]
     seen = 0
     for i in ordered:
         part = min(world_size - 1, int(seen * world_size / max(total, 1)))
         parts[part].append(i)
-        seen += len(samples[i].input_ids)
+        seen += samples[i].n_computed
     return parts[rank]
 
 
 def micro_batches(
     indices: Sequence[int],
-    samples: Sequence[Sample],
+    samples: Sequence[Packable],
     max_tokens: int,
     max_examples: int | None = None,
     share_prefix: bool = True,
@@ -141,6 +167,10 @@ class PackedBatch:
     label_example: torch.Tensor  # (N,) the example (0..n_examples-1) each label position belongs to
     n_examples: int
     n_tokens: int  # tokens billed for these examples
+    #: DPO pairs only (``train.pairs.pack_pairs``): each pair is one row of the grid, and ``label_example``
+    #: counts sequences (2i: pair i's preferred reply, 2i+1: its non-preferred one); the reference model's
+    #: log-probabilities of those sequences, (2 x n_examples,).
+    reference: torch.Tensor | None = None
 
     @property
     def longest_suffix(self) -> int:

@@ -14,23 +14,37 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tuneloop.data.estimate import auto_epochs
-from tuneloop.train.hyperparameters import BatchSize, Epochs, LearningRateMultiplier
+from tuneloop.train.hyperparameters import BatchSize, Beta, Epochs, LearningRateMultiplier
 
 #: Learning rate at ``learning_rate_multiplier == 1`` for each method (AdamW).
 BASE_LEARNING_RATE = {"lora": 1e-4, "full": 1e-5}
 #: Longest sequence trained when ``max_length`` is not given (and the model allows it).
 DEFAULT_MAX_LENGTH = 2048
+#: DPO's ``beta`` for ``"auto"``: the DPO paper's and TRL's default.
+DEFAULT_BETA = 0.1
 
 
 class TrainConfig(BaseModel):
     """Everything one fine-tuning run needs; ``"auto"`` values are resolved from the data."""
 
     model: str = Field(description="Base model: a catalog name (see `tuneloop models list`).")
-    training_file: Path = Field(description="JSONL training file (chat or prompt/completion format).")
+    training_file: Path = Field(
+        description="JSONL training file: chat or prompt/completion format (supervised), preference format (dpo)."
+    )
     validation_file: Path | None = Field(default=None, description="Optional JSONL file for validation metrics.")
     output_dir: Path = Field(description="Folder for the adapter/model, checkpoints, metrics.csv and the config.")
     method: Literal["lora", "full"] = Field(
         default="lora", description="`lora` trains low-rank adapters; `full` trains every weight."
+    )
+    objective: Literal["supervised", "dpo"] = Field(
+        default="supervised",
+        description="OpenAI's method.type: `supervised` (cross-entropy on the assistant tokens) or `dpo` "
+        "(direct preference optimisation on preferred / non-preferred pairs).",
+    )
+    beta: Beta = Field(
+        default="auto",
+        description=f"DPO's beta (above 0, at most 2): how far the policy may move from the reference; "
+        f"`auto` = {DEFAULT_BETA}. Ignored for supervised runs.",
     )
     n_epochs: Epochs = Field(default="auto", description="Passes over the training file (1-50), or `auto`.")
     batch_size: BatchSize = Field(default="auto", description="Examples per optimizer step (1-256), or `auto`.")
@@ -92,6 +106,7 @@ class ResolvedHyperparameters(BaseModel):
     learning_rate_multiplier: float = Field(description="Multiplier of the method's base learning rate.")
     learning_rate: float = Field(description="Peak AdamW learning rate = base x multiplier.")
     max_length: int = Field(description="Examples are truncated to this many tokens.")
+    beta: float | None = Field(default=None, description="DPO's beta (None for supervised runs).")
     rules: dict[str, str] = Field(default_factory=dict, description="Why each value was chosen.")
 
 
@@ -112,7 +127,13 @@ LORA_MULTIPLIER_AT_BATCH_4 = 8.0
 LORA_MULTIPLIER_MAX = 16.0
 
 
-def resolve_learning_rate_multiplier(batch_size: int, method: str) -> tuple[float, str]:
+#: DPO's multipliers for ``"auto"`` (LoRA 3e-5, full 1e-6). On benchmarks/dpo_eval.py (bundled model, LoRA, batch 8)
+#: the supervised rule's 11.3 collapsed into gibberish, 1.0 learned the preferred format but lost the topic,
+#: 0.1 kept the topic but learned almost none of the format.
+DPO_MULTIPLIER = {"lora": 0.3, "full": 0.1}
+
+
+def resolve_learning_rate_multiplier(batch_size: int, method: str, objective: str = "supervised") -> tuple[float, str]:
     """Learning-rate multiplier for ``"auto"``: 8 x sqrt(batch_size / 4), at most 16, for LoRA; 1 for full.
 
     From the Snips sweep (LoRA r=16, 128 examples, 3 epochs, held-out loss): at batch 4 the
@@ -120,6 +141,9 @@ def resolve_learning_rate_multiplier(batch_size: int, method: str) -> tuple[floa
     (slots); at batch 16, 4/8/16 gave 0.184/0.122/0.082. The best multiplier grows with the batch
     like sqrt(batch) (8 at batch 4, 16 at batch 16), the usual square-root scaling.
     """
+    if objective == "dpo":
+        mult = DPO_MULTIPLIER[method]
+        return mult, f"DPO ({method}): {mult}, far below supervised fine-tuning's (benchmarks/dpo_eval.py)"
     if method == "full":
         return 1.0, "full fine-tuning: 1.0 (learning rate 1e-5)"
     mult = round(min(LORA_MULTIPLIER_MAX, LORA_MULTIPLIER_AT_BATCH_4 * math.sqrt(batch_size / 4)), 3)
@@ -141,7 +165,8 @@ def resolve_hyperparameters(
     else:
         batch_size, rules["batch_size"] = int(config.batch_size), "given"
     if config.learning_rate_multiplier == "auto":
-        mult, rules["learning_rate_multiplier"] = resolve_learning_rate_multiplier(batch_size, config.method)
+        mult, rule = resolve_learning_rate_multiplier(batch_size, config.method, config.objective)
+        rules["learning_rate_multiplier"] = rule
     else:
         mult, rules["learning_rate_multiplier"] = float(config.learning_rate_multiplier), "given"
     if config.max_length is None:
@@ -149,6 +174,12 @@ def resolve_hyperparameters(
         rules["max_length"] = f"min(model context {context_length}, {DEFAULT_MAX_LENGTH})"
     else:
         max_length, rules["max_length"] = min(config.max_length, context_length), "given (capped at the context)"
+    beta = None
+    if config.objective == "dpo":
+        if config.beta == "auto":
+            beta, rules["beta"] = DEFAULT_BETA, f"DPO: {DEFAULT_BETA} (the DPO paper's and TRL's default)"
+        else:
+            beta, rules["beta"] = float(config.beta), "given"
     lr = BASE_LEARNING_RATE[config.method] * mult
     return ResolvedHyperparameters(
         n_epochs=n_epochs,
@@ -156,5 +187,6 @@ def resolve_hyperparameters(
         learning_rate_multiplier=mult,
         learning_rate=lr,
         max_length=max_length,
+        beta=beta,
         rules=rules,
     )

@@ -44,12 +44,16 @@ class Bound:
         return f"must be 'auto' or a number {low} and at most {self.high:g}"
 
 
-#: The one set of bounds (OpenAI's supervised hyperparameters, as the HTTP API accepts them).
+#: The one set of bounds (OpenAI's supervised hyperparameters, as the HTTP API accepts them, and DPO's ``beta``:
+#: above 0, at most 2; the usual values are 0.01-0.5, larger ones barely let the policy leave the reference).
 BOUNDS: dict[str, Bound] = {
     "n_epochs": Bound(integer=True, low=1, high=50),
     "batch_size": Bound(integer=True, low=1, high=256),
     "learning_rate_multiplier": Bound(integer=False, low=0, high=100, low_open=True),
+    "beta": Bound(integer=False, low=0, high=2, low_open=True),
 }
+#: The hyperparameters every method has (DPO adds ``beta``).
+COMMON = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
 
 class HyperparameterError(TuneloopError, ValueError):
@@ -94,15 +98,18 @@ def _checked(name: str) -> BeforeValidator:
 Epochs = Annotated[Auto | int, _checked("n_epochs")]
 BatchSize = Annotated[Auto | int, _checked("batch_size")]
 LearningRateMultiplier = Annotated[Auto | float, _checked("learning_rate_multiplier")]
+Beta = Annotated[Auto | float, _checked("beta")]
 
 
 class Hyperparameters(BaseModel):
-    """OpenAI's supervised hyperparameters: each ``"auto"`` or a number within ``BOUNDS``."""
+    """OpenAI's hyperparameters: each ``"auto"`` or a number within ``BOUNDS``; ``beta`` for DPO only (None
+    for supervised jobs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     n_epochs: Epochs = "auto"
     batch_size: BatchSize = "auto"
     learning_rate_multiplier: LearningRateMultiplier = "auto"
+    beta: Beta | None = None
 
     @classmethod
     def checked(cls, values: Mapping[str, Any]) -> Hyperparameters:

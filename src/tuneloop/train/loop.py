@@ -1,5 +1,8 @@
-"""``train(config, settings=...)``: the supervised fine-tuning loop. Setup lives in the ``_setup_*`` helpers; the
-step (``_train_step``) and the loop (``_run_loop``) each fit on one screen."""
+"""``train(config, settings=...)``: the fine-tuning loop, supervised or DPO (``config.objective``). Setup lives in
+the ``_setup_*`` helpers; the step (``_train_step``) and the loop (``_run_loop``) each fit on one screen.
+
+Both objectives share everything but the batch and the loss: a DPO run packs pairs (``train.pairs``) and its
+module (``train.dpo.DPOLoss``) returns the same ``LossSums``, normalised per pair instead of per token."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import BaseModel, Field
@@ -20,13 +23,14 @@ from torch import nn
 from tuneloop.config import Settings, get_settings
 from tuneloop.cpu import ThreadGovernor
 from tuneloop.data.estimate import AnswerProfile
-from tuneloop.data.examples import final_answer, load_examples, render_examples
+from tuneloop.data.examples import Format, final_answer, load_examples, render_examples, render_preferences
 from tuneloop.data.render import ChatRenderer
 from tuneloop.errors import TuneloopError
 from tuneloop.fileio import atomic_path, write_atomic
 from tuneloop.train import checkpoint as ckpt
 from tuneloop.train.batching import (
-    Sample,
+    Packable,
+    PackedBatch,
     batch_indices,
     epoch_order,
     micro_batches,
@@ -37,10 +41,12 @@ from tuneloop.train.batching import (
 )
 from tuneloop.train.config import ResolvedHyperparameters, TrainConfig, resolve_hyperparameters
 from tuneloop.train.distributed import DistContext, configure_cpu_threads, init_distributed, maybe_no_sync, shutdown
+from tuneloop.train.dpo import DPOLoss, with_reference
 from tuneloop.train.loss import step_loss_scale
 from tuneloop.train.metrics import CheckpointInfo, MetricsCSV, StepMetrics, TrainCallbacks, safe_ratio
 from tuneloop.train.modeling import build_model, load_weights, save_weights, trainable_parameters
 from tuneloop.train.packed import PackedCausalLM
+from tuneloop.train.pairs import pack_pairs, to_pair
 
 #: The run's resolved configuration (every "auto" with the rule that chose it), beside its outputs.
 RESOLVED_CONFIG = "resolved_config.json"
@@ -49,11 +55,14 @@ BEST_DIR = "best"
 
 
 class BestEpoch(BaseModel):
-    """The epoch with the best full-validation answer accuracy so far (ties: the lower loss)."""
+    """The epoch with the best full-validation answer accuracy (DPO: preference accuracy) so far (ties: the
+    lower loss)."""
 
     epoch: int = Field(description="1-based epoch.")
     step: int = Field(description="Its last step.")
-    answer_accuracy: float = Field(description="full_valid_answer_accuracy at that step.")
+    answer_accuracy: float = Field(
+        description="full_valid_answer_accuracy at that step (DPO: full_valid_preference_accuracy)."
+    )
     loss: float = Field(description="full_valid_loss at that step.")
 
     def beats(self, other: BestEpoch | None) -> bool:
@@ -69,6 +78,7 @@ class TrainResult(BaseModel):
         description="output_dir/adapter (LoRA) or output_dir/model (full); None if stopped."
     )
     method: str = Field(description="lora or full.")
+    objective: str = Field(default="supervised", description="supervised or dpo.")
     hyperparameters: ResolvedHyperparameters = Field(description="Resolved n_epochs, batch_size, LR and their rules.")
     total_steps: int = Field(description="Optimizer steps of the whole run.")
     steps_done: int = Field(description="Steps completed (== total_steps unless stopped).")
@@ -91,10 +101,10 @@ class _Run:
     hp: ResolvedHyperparameters
     ctx: DistContext
     model: nn.Module  # the (PEFT) model, unwrapped
-    module: nn.Module  # PackedCausalLM, wrapped in DDP when distributed
+    module: nn.Module  # PackedCausalLM (DPO: DPOLoss around it), wrapped in DDP when distributed
     tokenizer: Any
-    train: list[Sample]
-    valid: list[Sample]
+    train: Sequence[Packable]  # Samples, or PairSamples for DPO
+    valid: Sequence[Packable]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     total_steps: int
@@ -122,9 +132,28 @@ class _Run:
         return contextlib.nullcontext()
 
     @property
-    def packed(self) -> PackedCausalLM:
-        """The packed model, without the DDP wrapper."""
+    def packed(self) -> nn.Module:
+        """The packed model (PackedCausalLM, or DPOLoss around it), without the DDP wrapper."""
         return getattr(self.module, "module", self.module)
+
+    @property
+    def dpo(self) -> bool:
+        """Whether this is a DPO run."""
+        return self.config.objective == "dpo"
+
+    def pack(self, samples: Sequence[Packable]) -> PackedBatch:
+        """One micro-batch's tensors: examples, or DPO pairs."""
+        return (pack_pairs if self.dpo else pack)(samples, self.config.share_prefix)  # type: ignore[arg-type]
+
+
+class EvalSums(NamedTuple):
+    """Validation results: mean loss; token accuracy (DPO: preference accuracy); answer accuracy (DPO: preference
+    accuracy again); mean reward margin (DPO)."""
+
+    loss: float
+    accuracy: float
+    answer_accuracy: float
+    margin: float
 
 
 def train(
@@ -165,7 +194,7 @@ def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bo
         epoch += 1
         indices = batch_indices(run.order(epoch), hp.batch_size, index)
         lr = run.optimizer.param_groups[0]["lr"]
-        loss, accuracy, tokens = _train_step(run, indices, step)
+        loss, accuracy, margin, tokens = _train_step(run, indices, step)
         run.step, tokens_here = step, tokens_here + tokens
         run.elapsed = start_elapsed + time.perf_counter() - started
         metrics = StepMetrics(
@@ -173,7 +202,7 @@ def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bo
             total_steps=run.total_steps,
             epoch=epoch,
             train_loss=loss,
-            train_mean_token_accuracy=accuracy,
+            **_accuracy_fields(run, "train", accuracy, margin),
             learning_rate=lr,
             trained_tokens=_tokens_done(run, step),
             tokens_per_second=tokens_here / max(time.perf_counter() - started, 1e-9),
@@ -181,10 +210,10 @@ def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bo
         )
         epoch_end = index == run.steps_per_epoch - 1
         if run.valid and (step % _eval_every(run) == 0 or step == run.total_steps):
-            metrics.valid_loss, metrics.valid_mean_token_accuracy, _ = _evaluate(run, _valid_window(run, step))
+            metrics = _with_validation(run, metrics, "valid", _evaluate(run, _valid_window(run, step)))
         if run.valid and cfg.full_validation and (epoch_end or step == run.total_steps):
             full = _evaluate(run, range(len(run.valid)))
-            metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy, metrics.full_valid_answer_accuracy = full
+            metrics = _with_validation(run, metrics, "full_valid", full)
             if epoch_end and cfg.select_best_epoch:
                 _keep_if_best(run, BestEpoch(epoch=epoch, step=step, answer_accuracy=full[2], loss=full[0]))
         _report_step(run, metrics, callbacks)
@@ -198,47 +227,53 @@ def _run_loop(run: _Run, callbacks: TrainCallbacks, should_stop: Callable[[], bo
     return _finish(run, metrics)
 
 
-def _train_step(run: _Run, indices: list[int], step: int) -> tuple[float, float, int]:
-    """One optimizer step over a global batch: (mean loss, token accuracy, tokens processed)."""
+def _train_step(run: _Run, indices: list[int], step: int) -> tuple[float, float, float, int]:
+    """One optimizer step over a global batch: (mean loss, token or preference accuracy, mean reward margin,
+    tokens processed); the means are per trained token, or per pair for DPO."""
     cfg, ctx, samples = run.config, run.ctx, run.train
     step_labels = sum(samples[i].n_labels for i in indices)
     mine = shard(indices, samples, ctx.rank, ctx.world_size)
     scale = step_loss_scale(step_labels, ctx.world_size) if mine else 0.0  # an idle rank still joins the all-reduce
     groups = micro_batches(mine or indices[:1], samples, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.share_prefix)
     torch.manual_seed(_step_seed(cfg.seed, step, ctx.rank))  # dropout masks are a function of (seed, step, rank)
-    loss_sum = correct = 0.0
+    sums = [0.0, 0.0, 0.0]  # loss, correct (tokens or pairs), reward margins
     for i, group in enumerate(groups):
-        batch = pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device)
+        batch = run.pack([samples[j] for j in group]).to(ctx.device)
         with run.governor, maybe_no_sync(run.module, skip_sync=i < len(groups) - 1):
             with run.autocast():
                 out = run.module(batch)
             (out.loss * scale).backward()
         if mine:
-            loss_sum, correct = loss_sum + out.loss.item(), correct + out.correct.item()
+            sums = [sums[0] + out.loss.item(), sums[1] + out.correct.item(), sums[2] + float(out.margin)]
     if cfg.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(trainable_parameters(run.model), cfg.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    loss_sum, correct = ctx.all_reduce_sum([loss_sum, correct])
-    return loss_sum / step_labels, correct / step_labels, sum(samples[i].n_tokens for i in indices)
+    loss_sum, correct, margin = ctx.all_reduce_sum(sums)
+    tokens = sum(samples[i].n_tokens for i in indices)
+    return loss_sum / step_labels, correct / step_labels, margin / step_labels, tokens
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, indices) -> tuple[float, float, float]:
-    """Mean loss, token accuracy and answer accuracy over validation examples (shared out between processes)."""
+def _evaluate(run: _Run, indices) -> EvalSums:
+    """Mean loss, token accuracy, answer accuracy (DPO: preference accuracy twice) and reward margin over
+    validation examples (shared out between processes)."""
     cfg, ctx, samples = run.config, run.ctx, run.valid
     mine = shard(list(indices), samples, ctx.rank, ctx.world_size)
-    sums = [0.0] * 5  # loss, correct tokens, labels, exact answers, examples
+    sums = [0.0] * 6  # loss, correct tokens, labels, exact answers, examples, margins
     run.model.eval()
     for group in micro_batches(mine, samples, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.share_prefix):
         with run.governor, run.autocast():
-            out = run.packed(pack([samples[j] for j in group], cfg.share_prefix).to(ctx.device))
-        for k, value in enumerate((out.loss.item(), out.correct.item(), out.labels, out.exact.item(), out.examples)):
+            out = run.packed(run.pack([samples[j] for j in group]).to(ctx.device))
+        values = (out.loss.item(), out.correct.item(), out.labels, out.exact.item(), out.examples, float(out.margin))
+        for k, value in enumerate(values):
             sums[k] += value
     run.model.train()
-    loss, correct, labels, exact, examples = ctx.all_reduce_sum(sums)
-    return safe_ratio(loss, labels), safe_ratio(correct, labels), safe_ratio(exact, examples)
+    loss, correct, labels, exact, examples, margin = ctx.all_reduce_sum(sums)
+    return EvalSums(
+        safe_ratio(loss, labels), safe_ratio(correct, labels), safe_ratio(exact, examples), safe_ratio(margin, labels)
+    )
 
 
 # -- setup ------------------------------------------------------------------------------------------
@@ -248,6 +283,10 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
         configure_cpu_threads(ctx.local_world_size, settings.num_threads)  # load_model claimed every core
     resume = _resume_folder(config)
     train_file, hp, train_samples, valid_samples = _setup_data(config, tokenizer, entry.context_length)
+    packed = PackedCausalLM(model)
+    if config.objective == "dpo":  # before any step (and before a resume loads trained weights)
+        train_samples = with_reference(packed, train_samples, config.micro_batch_tokens, ctx, config.share_prefix)
+        valid_samples = with_reference(packed, valid_samples, config.micro_batch_tokens, ctx, config.share_prefix)
     per_epoch = steps_per_epoch(len(train_samples), hp.batch_size)
     total = per_epoch * hp.n_epochs
     optimizer, scheduler = _setup_optimizer(model, config, hp, total)
@@ -270,7 +309,7 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
         hp=hp,
         ctx=ctx,
         model=model,
-        module=ctx.wrap(PackedCausalLM(model)),
+        module=ctx.wrap(DPOLoss(packed, hp.beta or 0.0) if config.objective == "dpo" else packed),
         tokenizer=tokenizer,
         train=train_samples,
         valid=valid_samples,
@@ -295,22 +334,39 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
 
 def _setup_data(
     config: TrainConfig, tokenizer, context_length: int
-) -> tuple[int, ResolvedHyperparameters, list[Sample], list[Sample]]:
+) -> tuple[int, ResolvedHyperparameters, list[Packable], list[Packable]]:
     """Render both files with the shared renderer; resolve "auto" from the training file's size."""
     renderer = ChatRenderer(tokenizer)
-    _, examples = load_examples(config.training_file)
+    fmt, examples = load_examples(config.training_file)
+    _check_format(config, fmt, config.training_file)
     answers = AnswerProfile()
     for example in examples:
         answers.add(final_answer(example))
     hp = resolve_hyperparameters(config, len(examples), context_length, answers.n_labels)
-    train_samples = [s for r in render_examples(renderer, examples, hp.max_length) if (s := to_sample(r))]
+    train_samples = _samples(config, renderer, examples, hp.max_length)
     if not train_samples:
         raise TuneloopError(f"{config.training_file}: no example has a trained token (assistant text) to learn from")
-    valid_samples: list[Sample] = []
+    valid_samples: list[Packable] = []
     if config.validation_file is not None:
-        _, valid_examples = load_examples(config.validation_file)
-        valid_samples = [s for r in render_examples(renderer, valid_examples, hp.max_length) if (s := to_sample(r))]
+        fmt, valid_examples = load_examples(config.validation_file)
+        _check_format(config, fmt, config.validation_file)
+        valid_samples = _samples(config, renderer, valid_examples, hp.max_length)
     return len(examples), hp, train_samples, valid_samples
+
+
+def _check_format(config: TrainConfig, fmt: Format, path: Path) -> None:
+    """A DPO run needs preference pairs; a supervised one chat or prompt/completion examples."""
+    dpo = config.objective == "dpo"
+    if dpo != (fmt == "preference"):
+        needs = "preference (input / preferred_output / non_preferred_output)" if dpo else "chat or prompt/completion"
+        raise TuneloopError(f"{path}: a {config.objective} run needs {needs} examples, not the {fmt} format")
+
+
+def _samples(config: TrainConfig, renderer: ChatRenderer, examples: list, max_length: int) -> list[Packable]:
+    """Rendered examples reduced to what the loss needs (those without a trained token dropped)."""
+    if config.objective == "dpo":
+        return [p for c, r in render_preferences(renderer, examples, max_length) if (p := to_pair(c, r))]
+    return [s for r in render_examples(renderer, examples, max_length) if (s := to_sample(r))]
 
 
 def _setup_optimizer(model: nn.Module, config: TrainConfig, hp: ResolvedHyperparameters, total_steps: int):
@@ -342,7 +398,9 @@ def _restore(run: _Run, folder: Path) -> None:
     """Continue from a checkpoint: weights, optimizer, scheduler, step, data order, RNG."""
     state = ckpt.read_trainer_state(folder)
     saved = ckpt.read_meta(folder)[ckpt.RESOLVED_KEY]
-    same_numbers = saved["hyperparameters"] == run.hp.model_dump() and saved["total_steps"] == run.total_steps
+    known = lambda hp: {k: v for k, v in hp.items() if v is not None}  # noqa: E731  (fields added since: None)
+    same_numbers = known(saved["hyperparameters"]) == known(run.hp.model_dump())
+    same_numbers = same_numbers and saved["total_steps"] == run.total_steps
     if not same_numbers or state[ckpt.N_TRAINED_EXAMPLES_KEY] != len(run.train):
         raise TuneloopError(f"{folder}: checkpoint of a different run (other data or hyperparameters)")
     load_weights(run.model, folder, run.config.method)
@@ -434,6 +492,7 @@ def _result(run: _Run, metrics: StepMetrics | None, stopped: bool, weights: Path
         output_dir=out,
         weights_path=weights,
         method=run.config.method,
+        objective=run.config.objective,
         hyperparameters=run.hp,
         total_steps=run.total_steps,
         steps_done=run.step,
@@ -448,6 +507,21 @@ def _result(run: _Run, metrics: StepMetrics | None, stopped: bool, weights: Path
 
 
 # -- small rules ------------------------------------------------------------------------------------
+def _accuracy_fields(run: _Run, prefix: str, accuracy: float, margin: float) -> dict[str, float]:
+    """The metrics an accuracy names: token accuracy, or DPO's preference accuracy and reward margin."""
+    if run.dpo:
+        return {f"{prefix}_preference_accuracy": accuracy, f"{prefix}_reward_margin": margin}
+    return {f"{prefix}_mean_token_accuracy": accuracy}
+
+
+def _with_validation(run: _Run, metrics: StepMetrics, prefix: str, result: EvalSums) -> StepMetrics:
+    """``metrics`` with a validation result (``valid`` window or ``full_valid`` file) filled in."""
+    update = {f"{prefix}_loss": result.loss, **_accuracy_fields(run, prefix, result.accuracy, result.margin)}
+    if prefix == "full_valid" and not run.dpo:
+        update["full_valid_answer_accuracy"] = result.answer_accuracy
+    return metrics.model_copy(update=update)
+
+
 def _tokens_done(run: _Run, step: int) -> int:
     """Tokens processed after ``step`` steps (whole epochs, plus the batches of the current one)."""
     epochs, index = divmod(step, run.steps_per_epoch)

@@ -20,6 +20,15 @@ def label_loss(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) 
     return loss, logits.detach().argmax(dim=-1) == targets
 
 
+def sequence_logprobs(
+    hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor, label_sequence: torch.Tensor, n_sequences: int
+) -> torch.Tensor:
+    """Each sequence's summed log-probability of its trained tokens, (n_sequences,) in float32; ``hidden`` holds
+    label positions only and ``label_sequence`` says which sequence each belongs to."""
+    token = -F.cross_entropy(lm_head(hidden).float(), targets, reduction="none")
+    return token.new_zeros(n_sequences).index_add(0, label_sequence, token)
+
+
 def exact_answers(hits: torch.Tensor, label_example: torch.Tensor, n_examples: int) -> torch.Tensor:
     """Examples whose every trained token is predicted exactly: greedy decoding would reproduce the
     whole answer (its end-of-turn token included), the teacher-forced twin of exact-match accuracy."""

@@ -12,7 +12,13 @@ from pydantic import BaseModel, Field
 
 from tuneloop.train.config import ResolvedHyperparameters
 
-#: OpenAI's result-file columns, then ours.
+#: DPO's metrics (empty in supervised runs): reward margin and preference accuracy on train and validation.
+DPO_COLUMNS = [
+    f"{prefix}_{name}"
+    for prefix in ("train", "valid", "full_valid")
+    for name in ("reward_margin", "preference_accuracy")
+]
+#: OpenAI's result-file columns, then ours (DPO's last).
 CSV_COLUMNS = [
     "step",
     "train_loss",
@@ -28,6 +34,7 @@ CSV_COLUMNS = [
     "trained_tokens",
     "tokens_per_second",
     "elapsed_seconds",
+    *DPO_COLUMNS,
 ]
 
 
@@ -37,8 +44,10 @@ class StepMetrics(BaseModel):
     step: int = Field(description="1-based optimizer step.")
     total_steps: int = Field(description="Steps of the whole run.")
     epoch: int = Field(description="1-based epoch the step belongs to.")
-    train_loss: float = Field(description="Mean cross-entropy over the step's trained tokens.")
-    train_mean_token_accuracy: float = Field(description="Fraction of the step's trained tokens predicted exactly.")
+    train_loss: float = Field(description="Mean cross-entropy over the step's trained tokens (DPO: mean DPO loss).")
+    train_mean_token_accuracy: float | None = Field(
+        default=None, description="Fraction of the step's trained tokens predicted exactly (None for DPO)."
+    )
     valid_loss: float | None = Field(default=None, description="Mean loss on a validation batch.")
     valid_mean_token_accuracy: float | None = Field(default=None, description="Token accuracy on a validation batch.")
     full_valid_loss: float | None = Field(
@@ -51,6 +60,22 @@ class StepMetrics(BaseModel):
         default=None,
         description="Fraction of validation examples whose whole answer is predicted exactly (greedy exact match).",
     )
+    train_reward_margin: float | None = Field(
+        default=None, description="DPO: mean reward margin beta*(chosen log-ratio - rejected log-ratio) of the step."
+    )
+    train_preference_accuracy: float | None = Field(
+        default=None, description="DPO: fraction of the step's pairs whose chosen log-ratio beats the rejected."
+    )
+    valid_reward_margin: float | None = Field(default=None, description="DPO: mean reward margin, validation batch.")
+    valid_preference_accuracy: float | None = Field(
+        default=None, description="DPO: preference accuracy on a validation batch."
+    )
+    full_valid_reward_margin: float | None = Field(
+        default=None, description="DPO: mean reward margin on the whole validation file (end of each epoch)."
+    )
+    full_valid_preference_accuracy: float | None = Field(
+        default=None, description="DPO: preference accuracy on the whole validation file (end of each epoch)."
+    )
     learning_rate: float = Field(description="Learning rate used by this step.")
     trained_tokens: int = Field(description="Tokens processed so far (example tokens, OpenAI's meaning).")
     tokens_per_second: float = Field(description="Tokens processed per second of training in this process.")
@@ -59,7 +84,11 @@ class StepMetrics(BaseModel):
     def csv_row(self) -> dict[str, object]:
         """This step as a metrics.csv row (empty cells for metrics not computed)."""
         row = self.model_dump()
-        row["train_accuracy"] = self.train_mean_token_accuracy
+        row["train_accuracy"] = (  # OpenAI's column: token accuracy, or DPO's preference accuracy
+            self.train_mean_token_accuracy
+            if self.train_mean_token_accuracy is not None
+            else self.train_preference_accuracy
+        )
         return {k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS}
 
 

@@ -17,17 +17,19 @@ from torch import nn
 
 from tuneloop.errors import TuneloopError
 from tuneloop.train.batching import PackedBatch
-from tuneloop.train.loss import exact_answers, label_loss
+from tuneloop.train.loss import exact_answers, label_loss, sequence_logprobs
 
 
 class LossSums(NamedTuple):
-    """Sums over the label positions of a micro-batch (to be normalised by the whole step's labels)."""
+    """Sums over a micro-batch (to be normalised by the whole step's ``labels``). Supervised: over its label
+    positions; DPO (``train.dpo.DPOLoss``): over its pairs."""
 
-    loss: torch.Tensor  # summed cross-entropy (differentiable)
-    correct: torch.Tensor  # labels predicted exactly (argmax)
-    labels: int  # label positions scored
-    exact: torch.Tensor  # examples whose every label is predicted exactly
-    examples: int  # examples scored
+    loss: torch.Tensor  # summed cross-entropy, or summed DPO loss (differentiable)
+    correct: torch.Tensor  # labels predicted exactly (argmax); DPO: pairs ranked right (ties count half)
+    labels: int  # label positions scored; DPO: pairs
+    exact: torch.Tensor  # examples whose every label is predicted exactly; DPO: as ``correct``
+    examples: int  # examples (pairs) scored
+    margin: torch.Tensor | float = 0.0  # DPO: summed reward margins
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +99,12 @@ class PackedCausalLM(nn.Module):
         for layer in decoder.layers:
             h = _decoder_layer(layer, h, cos, sin, batch)
         return decoder.norm(h.index_select(0, batch.label_index))
+
+    def sequence_logprobs(self, batch: PackedBatch, n_sequences: int) -> torch.Tensor:
+        """Summed log-probability of each sequence's trained tokens, (n_sequences,) float32 (``label_example``
+        numbers the sequences: examples, or two per DPO pair)."""
+        hidden = self.hidden_states(batch)
+        return sequence_logprobs(hidden, self._lm_head, batch.targets, batch.label_example, n_sequences)
 
     def forward(self, batch: PackedBatch) -> LossSums:
         """Summed cross-entropy, correct predictions and exactly answered examples of the batch."""

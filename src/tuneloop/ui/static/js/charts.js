@@ -33,6 +33,13 @@ export function drawLines(figure, xs, series, { xLabel = "step" } = {}) {
     figure._names = names.join("|");
   }
   figure.dataset.points = String(xs.length);
+  // for screen readers: the chart as one sentence (its last value of each series)
+  const last = names.map((n) => {
+    const value = [...series[n]].reverse().find((v) => v !== null && v !== undefined);
+    return value === undefined ? null : `${n} ${Number(value).toPrecision(4)}`;
+  });
+  plot.setAttribute("role", "img");
+  plot.setAttribute("aria-label", `${xs.length} ${xLabel}s; last: ${last.filter(Boolean).join(", ") || "none"}`);
   figure.hidden = names.length === 0;
 }
 
@@ -59,3 +66,4 @@ export function curves(rows, test) {
 
 export const isLoss = (key) => key.endsWith("loss");
 export const isAccuracy = (key) => key.includes("accuracy");
+export const isMargin = (key) => key.includes("margin");

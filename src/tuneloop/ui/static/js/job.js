@@ -1,12 +1,12 @@
 // Job: the resolved settings, live curves from the metrics events, events, checkpoints, result files, controls.
-import { curves, drawLines, isAccuracy, isLoss, resizeWith } from "./charts.js";
+import { curves, drawLines, isAccuracy, isLoss, isMargin, resizeWith } from "./charts.js";
 import { api, download, el, every, fmtDuration, fmtNumber, fmtTime, pageError, statusBadge } from "./common.js";
 
 const jobId = document.getElementById("job").dataset.jobId;
 const base = `/fine_tuning/jobs/${encodeURIComponent(jobId)}`;
 const events = []; // oldest first
 const known = new Set();
-const charts = [document.getElementById("loss-chart"), document.getElementById("accuracy-chart")];
+const charts = ["loss-chart", "accuracy-chart", "margin-chart"].map((id) => document.getElementById(id));
 let job = null;
 let lastCheckpoints = "";
 
@@ -89,6 +89,8 @@ function showEvents() {
   drawLines(charts[0], loss.steps, loss.series);
   const accuracy = curves(rows, isAccuracy);
   drawLines(charts[1], accuracy.steps, accuracy.series);
+  const margin = curves(rows, isMargin);
+  if (Object.keys(margin.series).length) drawLines(charts[2], margin.steps, margin.series);
 }
 
 async function showCheckpoints() {

@@ -26,20 +26,26 @@ form.addEventListener("submit", async (event) => {
   if (f.validation_file.value) body.validation_file = f.validation_file.value;
   if (f.suffix.value.trim()) body.suffix = f.suffix.value.trim();
   if (f.seed.value.trim()) body.seed = value(f.seed.value);
+  const type = f.method.value;
   const hyperparameters = {};
-  for (const name of ["n_epochs", "batch_size", "learning_rate_multiplier"]) {
+  for (const name of ["n_epochs", "batch_size", "learning_rate_multiplier", ...(type === "dpo" ? ["beta"] : [])]) {
     if (f[name].value.trim()) hyperparameters[name] = value(f[name].value);
   }
-  if (Object.keys(hyperparameters).length) body.hyperparameters = hyperparameters;
+  body.method = { type, [type]: { hyperparameters } }; // OpenAI's method form
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
     const job = await api("/fine_tuning/jobs", { method: "POST", json: body });
     location.assign(`/ui/jobs/${encodeURIComponent(job.id)}`);
   } catch (error) {
+    // "method.dpo.hyperparameters.beta" is shown at the field of "hyperparameters.beta"
+    if (error.param) error.param = error.param.replace(/^method\.(supervised|dpo)\.(?=hyperparameters\.)/, "");
     showError(error, form);
     button.disabled = false;
   }
 });
 
+const showBeta = () => (document.getElementById("beta-field").hidden = form.elements.method.value !== "dpo");
+form.elements.method.addEventListener("change", showBeta);
+showBeta();
 load().catch((e) => pageError(e.message));
