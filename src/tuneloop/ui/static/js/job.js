@@ -48,6 +48,7 @@ function showJob() {
     ...fact("Epochs", String(hp.n_epochs ?? "auto")),
     ...fact("Batch size", String(hp.batch_size ?? "auto")),
     ...fact("Learning rate multiplier", String(hp.learning_rate_multiplier ?? "auto")),
+    ...(job.method?.type === "dpo" ? fact("Beta (DPO)", String(job.method.dpo?.hyperparameters?.beta ?? "auto")) : []),
     ...fact("Seed", String(job.seed ?? "—")),
     ...fact("Suffix", job.user_provided_suffix ?? "—"),
     ...fact("Training file", fileLink(job.training_file)),
