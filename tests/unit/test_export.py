@@ -218,8 +218,10 @@ def test_constant_system_prompt(tmp_path):
     assert constant_system_prompt(file(same, None)) is None  # one example without it
     assert constant_system_prompt(file({"role": "user", "content": "hi"})) is None
     preference = tmp_path / "pref.jsonl"
-    preference.write_text(json.dumps({"input": {"messages": [same]}, "preferred_output": [],
-                                      "non_preferred_output": []}) + "\n")  # fmt: skip
+    pair = {"input": {"messages": [same, {"role": "user", "content": "x"}]},
+            "preferred_output": [{"role": "assistant", "content": "a"}],
+            "non_preferred_output": [{"role": "assistant", "content": "b"}]}  # fmt: skip
+    preference.write_text(json.dumps(pair) + "\n")
     assert constant_system_prompt(preference) == "Be brief."
     (tmp_path / "bad.jsonl").write_text('{"messages": [\n')
     assert constant_system_prompt(tmp_path / "bad.jsonl") is None

@@ -10,10 +10,8 @@ from fastapi.responses import FileResponse
 from tuneloop.api.errors import APIError, model_not_found, not_found
 from tuneloop.api.protocol import Deleted, FileList, FileObject
 from tuneloop.api.state import AppState, get_state
-from tuneloop.data.render import ChatRenderer
-from tuneloop.data.validate import validate_file
 from tuneloop.errors import ModelNotFoundError
-from tuneloop.models import load_tokenizer
+from tuneloop.jobs.validation import file_validator
 from tuneloop.models.catalog import BUILTIN_NAME
 from tuneloop.store.blobs import TooLargeError
 from tuneloop.store.files import PURPOSES, FileRecord
@@ -94,10 +92,9 @@ def validate_stored_file(state: State, file_id: str, model: str = BUILTIN_NAME) 
     if record is None:
         raise not_found("file", file_id, param="file_id")
     try:
-        entry = state.catalog.ensure_ready(state.catalog.get(model))
+        validate = file_validator(state.catalog, model)
     except ModelNotFoundError as exc:  # the catalog's message lists the base models one can fine-tune
         raise model_not_found(model, str(exc)) from exc
-    report = validate_file(state.files.path(record), ChatRenderer(load_tokenizer(entry)), entry.context_length,
-                           entry.parameter_count)  # fmt: skip
-    return {"object": "file.validation", "file_id": file_id, "model": entry.name, "ok": report.ok,
+    report = validate(state.files.path(record))
+    return {"object": "file.validation", "file_id": file_id, "model": model, "ok": report.ok,
             **report.to_dict(), "path": _name(record.filename, "file")}  # fmt: skip

@@ -9,11 +9,10 @@ import typer
 
 from tuneloop.cli import data_tools
 from tuneloop.config import get_settings
-from tuneloop.data.render import ChatRenderer
 from tuneloop.data.report import print_validation
-from tuneloop.data.validate import validate_file
 from tuneloop.errors import TuneloopError
-from tuneloop.models import Catalog, load_tokenizer
+from tuneloop.jobs.validation import file_validator
+from tuneloop.models import Catalog
 
 app = typer.Typer(help="Prepare training data: validate, convert, split.", no_args_is_help=True)
 app.command("convert")(data_tools.convert)
@@ -37,10 +36,7 @@ def validate(
     """
     if not file.is_file():
         raise _CannotRun(f"{file}: {'not a file' if file.exists() else 'no such file'}")
-    catalog = Catalog(get_settings())
-    entry = catalog.ensure_ready(catalog.get(model))
-    limit = min(max_tokens, entry.context_length) if max_tokens else entry.context_length
-    report = validate_file(file, ChatRenderer(load_tokenizer(entry)), limit, entry.parameter_count)
+    report = file_validator(Catalog(get_settings()), model, max_tokens)(file)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tuneloop.cli.client import make_client
 from tuneloop.errors import TuneloopError
 from tuneloop.evals import (
     Candidate,
@@ -112,9 +113,9 @@ def _upload_report(report: dict[str, Any], base_url: str, api_key: str) -> None:
     import openai
 
     name = f"eval-{time.strftime('%Y%m%d-%H%M%S', time.localtime(report['created']))}.json"
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=1, timeout=60)
+    content = json.dumps(report).encode()
     try:
-        uploaded = client.files.create(file=(name, json.dumps(report).encode()), purpose="evals")
+        uploaded = make_client(base_url, api_key).files.create(file=(name, content), purpose="evals")
     except openai.OpenAIError as exc:
         typer.echo(f"warning: the report was not uploaded to {base_url} ({exc})", err=True)
         return

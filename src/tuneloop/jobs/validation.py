@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 from tuneloop.data.render import ChatRenderer
 from tuneloop.data.validate import ValidationReport, validate_file
@@ -56,6 +58,15 @@ def validate_job(jobs: JobStore, files: FileStore, catalog: Catalog, job_id: str
         jobs.add_event(job_id, "Files validated, moving job to queued state")
 
 
+def file_validator(catalog: Catalog, model: str, max_tokens: int | None = None) -> Callable[[Path], ValidationReport]:
+    """The data validator as ``model`` trains: its tokenizer and chat template (loaded once, the model made
+    ready first), its context (or ``max_tokens``, if lower) as the limit, its size for the time estimate."""
+    entry = catalog.ensure_ready(catalog.get(model))
+    renderer = ChatRenderer(load_tokenizer(entry))
+    limit = min(max_tokens, entry.context_length) if max_tokens else entry.context_length
+    return lambda path: validate_file(path, renderer, limit, entry.parameter_count)
+
+
 def _first_error(
     files: FileStore,
     catalog: Catalog,
@@ -66,15 +77,14 @@ def _first_error(
 ) -> dict | None:
     """The job error of the first file that fails validation (or is in the wrong format for the job's
     ``objective``: a DPO job needs preference pairs), or None when both pass."""
-    entry = catalog.ensure_ready(catalog.get(model))
-    renderer = ChatRenderer(load_tokenizer(entry))
+    validate = file_validator(catalog, model)
     for file_id, param in ((training_file, "training_file"), (validation_file, "validation_file")):
         if file_id is None:
             continue
         record = files.get(file_id)
         if record is None:
             return {"code": f"invalid_{param}", "message": f"{file_id} was deleted", "param": param}
-        report = validate_file(files.path(record), renderer, entry.context_length, entry.parameter_count)
+        report = validate(files.path(record))
         if param == "validation_file" and set(report.error_counts) == {"too_few_examples"}:
             continue  # a small validation file is fine
         if not report.ok:
