@@ -16,7 +16,7 @@ from tuneloop.api.state import AppState, get_state
 from tuneloop.errors import ModelNotFoundError
 from tuneloop.jobs.spec import JobSpec, Metadata, Seed, Suffix, TrainingMethod
 from tuneloop.jobs.validation import validate_job
-from tuneloop.store.jobs import TERMINAL, Job
+from tuneloop.store.jobs import TERMINAL, Job, NewEvent
 from tuneloop.train.hyperparameters import HyperparameterError, Hyperparameters
 
 router = APIRouter()
@@ -172,19 +172,20 @@ def retrieve_job(state: State, job_id: str) -> dict:
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(state: State, job_id: str) -> dict:
     job = _job_or_404(state, job_id)
-    if job.status in TERMINAL or not state.jobs.finish(job_id, "cancelled", requested="cancel"):
+    cancelled = NewEvent("Fine-tuning job cancelled")
+    if job.status in TERMINAL or not state.jobs.finish(job_id, "cancelled", requested="cancel", event=cancelled):
         job = _job_or_404(state, job_id)
         raise APIError(409, f"Job {job_id} is already {job.status} and cannot be cancelled.", code="invalid_state")
-    state.jobs.add_event(job_id, "Fine-tuning job cancelled")
     return _job_or_404(state, job_id).to_openai(state.settings.org)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause")
 def pause_job(state: State, job_id: str) -> dict:
     job = _job_or_404(state, job_id)
-    if not state.jobs.update(job_id, when_status=("queued", "running"), status="paused", requested="pause"):
+    paused = NewEvent("Fine-tuning job paused" + (" (checkpointing)" if job.status == "running" else ""))
+    active = ("queued", "running")
+    if not state.jobs.update(job_id, when_status=active, status="paused", requested="pause", event=paused):
         raise APIError(409, f"Job {job_id} is {job.status} and cannot be paused.", code="invalid_state")
-    state.jobs.add_event(job_id, "Fine-tuning job paused" + (" (checkpointing)" if job.status == "running" else ""))
     return _job_or_404(state, job_id).to_openai(state.settings.org)
 
 
@@ -196,9 +197,10 @@ def resume_job(state: State, job_id: str) -> dict:
     stale = job.heartbeat_at is None or job.heartbeat_at < time.time() - state.settings.worker_stale_seconds
     if job.worker_id is not None and not stale:
         raise APIError(409, f"Job {job_id} is still saving its checkpoint; retry shortly.", code="invalid_state")
-    if not state.jobs.update(job_id, when_status=("paused",), status="queued", worker_id=None, requested=None):
+    resumed = NewEvent("Fine-tuning job resumed, moving job to queued state")
+    if not state.jobs.update(job_id, when_status=("paused",), status="queued", worker_id=None, requested=None,
+                             event=resumed):  # fmt: skip
         raise APIError(409, f"Job {job_id} changed state; retry.", code="invalid_state")
-    state.jobs.add_event(job_id, "Fine-tuning job resumed, moving job to queued state")
     return _job_or_404(state, job_id).to_openai(state.settings.org)
 
 

@@ -22,7 +22,7 @@ from tuneloop.jobs.spec import JobSpec
 from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
 from tuneloop.store.ids import fine_tuned_model_id
-from tuneloop.store.jobs import Job, JobStore
+from tuneloop.store.jobs import Job, JobStore, NewEvent
 from tuneloop.train.checkpoint import STEP_KEY, latest_checkpoint, read_meta
 from tuneloop.train.config import ResolvedHyperparameters
 from tuneloop.train.loop import train
@@ -104,9 +104,10 @@ def run_job(settings_json: str, job_id: str, worker_id: str, stop: Event, parent
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
         current = jobs.get(job_id)
-        if current is not None and current.worker_id == worker_id and jobs.finish(job_id, "failed", error=error):
-            jobs.add_event(job_id, f"Fine-tuning failed: {error['message']}", level="error",
-                           data={"traceback": traceback.format_exc()[-4000:]})  # fmt: skip
+        if current is not None and current.worker_id == worker_id:
+            failed = NewEvent(f"Fine-tuning failed: {error['message']}", "error",
+                              {"traceback": traceback.format_exc()[-4000:]})  # fmt: skip
+            jobs.finish(job_id, "failed", error=error, event=failed)
 
 
 def _train_job(
@@ -135,11 +136,11 @@ def _train_job(
     jobs.add_model(model_id, spec.model, job.id, result.method, str(result.weights_path))
     jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
     resolved = result.hyperparameters.model_dump()
-    if jobs.finish(job.id, "succeeded", fine_tuned_model=model_id, trained_tokens=result.trained_tokens,
-                   result_files=[results.id], resolved=resolved, estimated_finish=None):  # fmt: skip
-        jobs.add_event(job.id, "The job has successfully completed")
-    else:  # cancelled in the very last moment: do not publish the model
-        jobs.delete_model(model_id)
+    done = NewEvent("The job has successfully completed")
+    if not jobs.finish(job.id, "succeeded", event=done, fine_tuned_model=model_id,
+                       trained_tokens=result.trained_tokens, result_files=[results.id], resolved=resolved,
+                       estimated_finish=None):  # fmt: skip
+        jobs.delete_model(model_id)  # cancelled in the very last moment: do not publish the model
 
 
 def _callbacks(

@@ -10,7 +10,7 @@ from tuneloop.data.render import ChatRenderer
 from tuneloop.data.validate import ValidationReport, validate_file
 from tuneloop.models import Catalog, load_tokenizer
 from tuneloop.store.files import FileStore
-from tuneloop.store.jobs import JobStore
+from tuneloop.store.jobs import JobStore, NewEvent
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 5
@@ -52,10 +52,10 @@ def validate_job(jobs: JobStore, files: FileStore, catalog: Catalog, job_id: str
         log.exception("validation of %s crashed", job_id)
         error = {"code": "validation_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
     if error is not None:
-        if jobs.finish(job_id, "failed", error=error):
-            jobs.add_event(job_id, error["message"], level="error")
-    elif jobs.update(job_id, when_status=("validating_files",), status="queued"):
-        jobs.add_event(job_id, "Files validated, moving job to queued state")
+        jobs.finish(job_id, "failed", error=error, event=NewEvent(error["message"], "error"))
+    else:
+        jobs.update(job_id, when_status=("validating_files",), status="queued",
+                    event=NewEvent("Files validated, moving job to queued state"))  # fmt: skip
 
 
 def file_validator(catalog: Catalog, model: str, max_tokens: int | None = None) -> Callable[[Path], ValidationReport]:

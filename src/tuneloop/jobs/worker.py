@@ -22,7 +22,7 @@ from tuneloop.config import Settings
 from tuneloop.jobs.runner import run_job
 from tuneloop.store.db import make_engine
 from tuneloop.store.ids import random_id
-from tuneloop.store.jobs import Job, JobStore
+from tuneloop.store.jobs import Job, JobStore, NewEvent
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 60.0  # how long a pausing or shutting-down child may take to checkpoint
@@ -99,8 +99,7 @@ class Worker:
                 return
             message = f"The training process {cause} in each of {current.attempts} attempts"
             error = {"code": "training_error", "message": message, "param": None}
-            if self.jobs.finish(job.id, "failed", error=error):
-                self.jobs.add_event(job.id, message, level="error")
+            self.jobs.finish(job.id, "failed", error=error, event=NewEvent(message, "error"))
 
 
 def exit_cause(exitcode: int | None) -> str:

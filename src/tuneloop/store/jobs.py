@@ -1,14 +1,15 @@
 """Fine-tuning jobs, their events and checkpoints, and the fine-tuned models they produce.
 
 State changes that race (a worker claiming a job, the API cancelling it) are single conditional
-UPDATEs checked by row count, which is correct on SQLite and on PostgreSQL alike.
+UPDATEs checked by row count, which is correct on SQLite and on PostgreSQL alike. A status change
+and the event that announces it are written in one transaction, so whoever sees one sees both.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -87,6 +88,14 @@ def _job(row) -> Job:
     return Job(**row._mapping)
 
 
+class NewEvent(NamedTuple):
+    """A job event to record together with a status change."""
+
+    message: str
+    level: str = "info"
+    data: dict | None = None
+
+
 class JobStore:
     """All job-related reads and writes."""
 
@@ -140,19 +149,28 @@ class JobStore:
             rows = [j for j in rows if all((j.metadata or {}).get(k) == v for k, v in metadata.items())]
         return rows[:limit], len(rows) > limit
 
-    def update(self, job_id: str, when_status: tuple[str, ...] | None = None, **values: Any) -> bool:
-        """Set columns, optionally only if the job is in one of ``when_status``; True if a row changed."""
+    def update(
+        self, job_id: str, when_status: tuple[str, ...] | None = None, event: NewEvent | None = None, **values: Any
+    ) -> bool:
+        """Set columns, optionally only if the job is in one of ``when_status``; True if a row changed.
+        ``event`` is added in the same transaction when the row changed."""
         query = jobs.update().where(jobs.c.id == job_id)
         if when_status is not None:
             query = query.where(jobs.c.status.in_(when_status))
         with self.engine.begin() as conn:
-            return conn.execute(query.values(**values)).rowcount == 1
+            changed = conn.execute(query.values(**values)).rowcount == 1
+            if changed and event is not None:
+                conn.execute(_event_insert(job_id, event.message, event.level, "message", event.data))
+            return changed
 
-    def finish(self, job_id: str, status: str, error: dict | None = None, **values: Any) -> bool:
-        """Move a non-terminal job to a terminal status (releasing any worker's hold)."""
+    def finish(
+        self, job_id: str, status: str, error: dict | None = None, event: NewEvent | None = None, **values: Any
+    ) -> bool:
+        """Move a non-terminal job to a terminal status (releasing any worker's hold), recording
+        ``event`` in the same transaction, so a client that sees the status also sees the event."""
         values = {"worker_id": None, "requested": None, **values}
         return self.update(
-            job_id, when_status=ACTIVE, status=status, error=error, finished_at=int(time.time()), **values
+            job_id, when_status=ACTIVE, event=event, status=status, error=error, finished_at=int(time.time()), **values
         )
 
     def active_using(self, file_id: str) -> list[tuple[str, str]]:
@@ -215,12 +233,7 @@ class JobStore:
         self, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                events.insert().values(
-                    id=random_id("ftevent-"), job_id=job_id, created_at=int(time.time()), level=level,
-                    message=message, type=type, data=data if data is not None else {},
-                )
-            )  # fmt: skip
+            conn.execute(_event_insert(job_id, message, level, type, data))
 
     def delete_metrics_after(self, job_id: str, step: int) -> int:
         """Forget the metrics events of steps after ``step`` (a resumed run records them again); return
@@ -312,3 +325,10 @@ class JobStore:
     def delete_model(self, model_id: str) -> bool:
         with self.engine.begin() as conn:
             return conn.execute(fine_tuned_models.delete().where(fine_tuned_models.c.id == model_id)).rowcount == 1
+
+
+def _event_insert(job_id: str, message: str, level: str, type: str, data: dict | None):
+    return events.insert().values(
+        id=random_id("ftevent-"), job_id=job_id, created_at=int(time.time()), level=level,
+        message=message, type=type, data=data if data is not None else {},
+    )  # fmt: skip
