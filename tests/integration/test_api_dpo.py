@@ -130,3 +130,44 @@ def test_a_file_of_the_wrong_format_or_bad_pairs_fails_validation(api_server, tm
     assert error.code == "invalid_training_file"
     assert "line 3: missing_preference_output" in error.message
     assert "line 7: identical_preference_outputs" in error.message
+
+
+def test_sft_then_dpo_starts_jobs_from_a_fine_tuned_model_or_checkpoint(api_server, tmp_path: Path) -> None:
+    """OpenAI's SFT-then-DPO order: a job's ``model`` may be a fine-tuned model or checkpoint id; its weights
+    are trained further (LoRA) or merged and fully trained (``training_method="full"``), and the new model
+    belongs to the same base."""
+    client = api_server.client()
+    with open(chat_jsonl(tmp_path / "sft.jsonl", 12, answer="Yes, gladly."), "rb") as f:
+        chat = client.files.create(file=f, purpose="fine-tune")
+    sft = client.fine_tuning.jobs.create(model="tiny-llama", training_file=chat.id, suffix="sft",
+                                         hyperparameters={"n_epochs": 2, "batch_size": 4})  # fmt: skip
+    sft = wait_done(client, sft.id)
+    assert sft.status == "succeeded", sft.error
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(sft.id).data[-1].fine_tuned_model_checkpoint
+    assert checkpoint.endswith(":ckpt-step-3")
+    pairs = upload_rows(client, tmp_path / "pairs.jsonl", [pair(i) for i in range(10)])
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}
+    lora = client.fine_tuning.jobs.create(model=sft.fine_tuned_model, training_file=pairs.id, method=dpo, suffix="dpo")
+    full = client.fine_tuning.jobs.create(model=checkpoint, training_file=pairs.id, method=dpo, suffix="full",
+                                          extra_body={"training_method": "full"})  # fmt: skip
+    for job, kind in ((lora, "lora"), (full, "full")):
+        job = wait_done(client, job.id)
+        assert job.status == "succeeded", job.error
+        assert job.model in (sft.fine_tuned_model, checkpoint) and job.model_extra["training_method"] == kind
+        assert job.fine_tuned_model.startswith(f"ft:tiny-llama:local:{job.user_provided_suffix}:")
+        assert client.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
+        answer = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert answer.choices[0].message.content is not None
+        if kind == "full":
+            full = job
+
+    before = len(client.fine_tuning.jobs.list(limit=100).data)
+    body = bad_request(lambda: client.fine_tuning.jobs.create(model=full.fine_tuned_model, training_file=pairs.id,
+                                                              method=dpo))  # fmt: skip
+    assert body["param"] == "training_method" and "full fine-tune" in body["message"]
+    with pytest.raises(openai.NotFoundError) as err:
+        client.fine_tuning.jobs.create(model=f"{sft.fine_tuned_model}:ckpt-step-99", training_file=pairs.id)
+    assert err.value.body["code"] == "model_not_found"
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == before  # nothing was created

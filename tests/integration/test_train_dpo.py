@@ -142,3 +142,62 @@ def test_tuneloop_train_method_dpo(tmp_path: Path, tiny_model: str) -> None:
                            "--method", "dpo", "--beta", "5")  # fmt: skip
     assert out_of_range.returncode == 2
     assert "Invalid value for 'beta': must be 'auto' or a number greater than 0 and at most 2" in out_of_range.stderr
+
+
+def supervised_yes_adapter(tmp_path: Path, tiny_model: str) -> Path:
+    """A LoRA adapter fine-tuned to answer "Yes." to everything (so it is far from the base model)."""
+    rows = [{"messages": [*p["input"]["messages"], {"role": "assistant", "content": "Yes."}]}
+            for p in preference_pairs(16, seed=4)]  # fmt: skip
+    config = TrainConfig(model=tiny_model, training_file=write_jsonl(tmp_path / "sft.jsonl", rows),
+                         output_dir=tmp_path / "sft", n_epochs=3, batch_size=4, learning_rate_multiplier=50.0,
+                         lora_r=4)  # fmt: skip
+    return train(config).weights_path
+
+
+def pair_scores(config: TrainConfig, adapter_on: bool):
+    """Summed reply log-probs of the DPO file's pairs under the model ``build_model`` starts the run from."""
+    import contextlib
+
+    import torch
+
+    from tuneloop.data.examples import load_examples, render_preferences
+    from tuneloop.data.render import ChatRenderer
+    from tuneloop.train.dpo import score_pairs
+    from tuneloop.train.modeling import build_model
+    from tuneloop.train.packed import PackedCausalLM
+    from tuneloop.train.pairs import to_pair
+
+    model, tokenizer, _ = build_model(config, get_settings(), torch.device("cpu"))
+    _, examples = load_examples(config.training_file)
+    pairs = [p for c, r in render_preferences(ChatRenderer(tokenizer), examples) if (p := to_pair(c, r))]
+    with contextlib.nullcontext() if adapter_on else model.disable_adapter():
+        return score_pairs(PackedCausalLM(model), pairs, 1024, torch.device("cpu"))
+
+
+def test_dpo_from_a_supervised_adapter_uses_it_as_the_reference(tmp_path: Path, tiny_model: str) -> None:
+    """SFT, then DPO (OpenAI's order): the run continues the SFT adapter (its rank, not the config's), and the
+    reference is the SFT model, so the first step's loss is log 2 although the SFT model is far from the base
+    (without dropout: the adapter is no longer zero, so dropout on its input moves the policy)."""
+    sft = supervised_yes_adapter(tmp_path, tiny_model)
+    config = dpo_config(tmp_path, tiny_model, "dpo-after-sft", start_from=sft, lora_r=16, lora_dropout=0.0)
+    shift = (pair_scores(config, adapter_on=True) - pair_scores(config, adapter_on=False)).abs()
+    assert shift.mean() > 0.5  # nats: a reference of the base model would make the first loss far from log 2
+    steps: list = []
+    result = train(config, TrainCallbacks(on_step=steps.append))
+    assert steps[0].train_loss == pytest.approx(0.6931, abs=2e-3)
+    assert steps[0].train_reward_margin == pytest.approx(0, abs=1e-4)
+    assert json.loads((result.weights_path / "adapter_config.json").read_text())["r"] == 4
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(p / "adapter_model.safetensors")) for p in (sft, result.weights_path))
+    assert before.keys() == after.keys() and any(not before[k].equal(after[k]) for k in before)
+
+
+def test_a_full_run_from_a_supervised_adapter_starts_from_the_merged_weights(tmp_path: Path, tiny_model: str) -> None:
+    sft = supervised_yes_adapter(tmp_path, tiny_model)
+    steps: list = []
+    result = train(dpo_config(tmp_path, tiny_model, "full-after-sft", start_from=sft, method="full", n_epochs=1,
+                              learning_rate_multiplier=10.0), TrainCallbacks(on_step=steps.append))  # fmt: skip
+    assert steps[0].train_loss == pytest.approx(0.6931, abs=2e-3) and result.weights_path.name == "model"
+    with pytest.raises(TuneloopError, match="trains every weight"):  # LoRA on a full model's weights
+        train(dpo_config(tmp_path, tiny_model, "lora-after-full", start_from=result.weights_path))

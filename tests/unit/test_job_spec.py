@@ -38,6 +38,18 @@ def test_a_spec_survives_the_store_and_becomes_the_train_config(tmp_path: Path) 
     assert (config.n_epochs, config.batch_size, config.learning_rate_multiplier) == (3, "auto", 0.5)
     assert config.training_file == files.path(training) and config.validation_file is None
     assert config.output_dir == tmp_path / "out" and config.device is None  # TUNELOOP_DEVICE=auto
+    assert spec.base_model == "tiny-llama" and config.start_from is None
+
+    # SFT then DPO: a job that starts from a fine-tuned model trains its base with those weights
+    parent = "ft:tiny-llama:local:demo:abc"
+    jobs.add_model(parent, "tiny-llama", job.id, "lora", str(tmp_path / "adapter"))
+    weights = jobs.trained_weights(parent)
+    assert (weights.base, weights.kind, weights.job_id) == ("tiny-llama", "lora", job.id)
+    child = jobs.create(**spec.model_copy(update={"model": parent, "objective": "dpo"}).columns())
+    assert (child.model, child.base) == (parent, "tiny-llama") and JobSpec.of(child).base_model == "tiny-llama"
+    config = JobSpec.of(child).train_config(settings, files, tmp_path / "dpo", resume=False, start_from=weights.path)
+    assert (config.model, config.start_from, config.objective) == ("tiny-llama", tmp_path / "adapter", "dpo")
+    assert jobs.trained_weights("tiny-llama") is None and jobs.trained_weights(f"{parent}:ckpt-step-1") is None
     engine.dispose()
 
 

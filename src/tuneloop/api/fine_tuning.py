@@ -98,7 +98,7 @@ class CreateJobRequest(RequestBody):
         except HyperparameterError as exc:
             raise APIError(400, str(exc), param=f"{param}.{exc.name}", code="invalid_value") from exc
         return JobSpec(
-            model=self.model,
+            model=self.model,  # create_job sets base_model when it is a fine-tuned model or checkpoint
             training_file=self.training_file,
             validation_file=self.validation_file,
             method=self.training_method,
@@ -130,10 +130,17 @@ def _check_file(state: AppState, file_id: str | None, param: str) -> None:
 @router.post("/fine_tuning/jobs")
 def create_job(state: State, body: CreateJobRequest) -> dict:
     spec = body.spec()  # first, as the request's other values are checked before anything else
-    try:
-        state.catalog.get(body.model)
-    except ModelNotFoundError as exc:  # the catalog's message lists the base models one can fine-tune
-        raise model_not_found(body.model, str(exc)) from exc
+    start = state.jobs.trained_weights(body.model)  # a fine-tuned model or checkpoint: trained further
+    if start is None:
+        try:
+            state.catalog.get(body.model)
+        except ModelNotFoundError as exc:  # the catalog's message lists the base models one can fine-tune
+            raise model_not_found(body.model, str(exc)) from exc
+    elif start.kind == "full" and spec.method == "lora":
+        raise APIError(400, f"{body.model} is a full fine-tune: a job that starts from it trains every weight "
+                       "(training_method 'full')", param="training_method", code="invalid_value")  # fmt: skip
+    else:
+        spec = spec.model_copy(update={"base_model": start.base})
     if body.integrations:
         raise APIError(400, "integrations are not supported", param="integrations")
     _check_file(state, body.training_file, "training_file")

@@ -19,6 +19,11 @@ def train(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (adapter or model, checkpoints, metrics.csv)."),
     valid_file: Path | None = typer.Option(None, "--valid", help="Validation JSONL file."),
+    start_from: Path | None = typer.Option(
+        None, "--start-from", exists=True, file_okay=False,
+        help="Continue from an earlier run's weights (e.g. SFT, then --method dpo): its OUT/adapter, OUT/model or a "
+        "checkpoint folder. DPO's reference model is then that model.",
+    ),  # fmt: skip
     epochs: Epochs = "auto",
     batch_size: BatchSize = "auto",
     lr_multiplier: LearningRateMultiplier = "auto",
@@ -45,6 +50,7 @@ def train(
         training_file=train_file,
         validation_file=valid_file,
         output_dir=out,
+        start_from=start_from,
         method=method.weights,
         objective=method.objective,
         beta=beta,

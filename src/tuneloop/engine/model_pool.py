@@ -64,15 +64,8 @@ class ModelPool:
 
     def resolve(self, model_id: str) -> ResolvedModel:
         """Map a request's model id to a base, a LoRA adapter or a full model; raise if unknown."""
-        if self.jobs is not None:
-            row = self.jobs.get_model(model_id)
-            if row is not None:
-                return ResolvedModel(model_id, row.base, row.kind, Path(row.path))
-            ckpt = self.jobs.checkpoint_by_model_id(model_id)
-            job = self.jobs.get(ckpt.job_id) if ckpt is not None else None
-            if job is not None and Path(ckpt.path).is_dir():
-                kind = "lora" if (Path(ckpt.path) / "adapter_config.json").is_file() else "full"
-                return ResolvedModel(model_id, job.model, kind, Path(ckpt.path))
+        if self.jobs is not None and (weights := self.jobs.trained_weights(model_id)) is not None:
+            return ResolvedModel(model_id, weights.base, weights.kind, weights.path)
         entry = self.catalog.get(model_id)  # raises ModelNotFoundError
         return ResolvedModel(entry.name, entry.name, "base", None)
 

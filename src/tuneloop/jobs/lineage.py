@@ -10,8 +10,8 @@ from tuneloop.store.jobs import Job, JobStore
 
 def job_of(jobs: JobStore, model_id: str) -> Job | None:
     """The job that made ``model_id`` (a fine-tuned model or one of its checkpoints); None for a base model."""
-    row = jobs.get_model(model_id) or jobs.checkpoint_by_model_id(model_id)
-    return jobs.get(row.job_id) if row is not None else None
+    weights = jobs.trained_weights(model_id)
+    return jobs.get(weights.job_id) if weights is not None else None
 
 
 def training_file_of(jobs: JobStore, files: FileStore, model_id: str) -> Path | None:

@@ -18,6 +18,7 @@ import torch
 
 from tuneloop.config import Settings
 from tuneloop.cpu import set_priority
+from tuneloop.errors import TuneloopError
 from tuneloop.jobs.spec import JobSpec
 from tuneloop.store.db import make_engine
 from tuneloop.store.files import FileStore
@@ -122,8 +123,8 @@ def _train_job(
         jobs.delete_metrics_after(job.id, read_meta(resume)[STEP_KEY])
         jobs.add_event(job.id, f"Fine-tuning job resumed from checkpoint {resume.name} (attempt {job.attempts})")
     spec = JobSpec.of(job)
-    config = spec.train_config(settings, files, out, resume=resume is not None)
-    model_id = fine_tuned_model_id(spec.model, settings.org, spec.suffix, job.id)  # checkpoints share its id
+    config = spec.train_config(settings, files, out, resume=resume is not None, start_from=_start_from(jobs, spec))
+    model_id = fine_tuned_model_id(spec.base_model, settings.org, spec.suffix, job.id)  # checkpoints share its id
     callbacks = _callbacks(jobs, job.id, worker_id, model_id, out, settings.adaptive_threads, nice)
     result = train(config, callbacks, stop.is_set, settings=settings)
     if result.stopped:
@@ -133,7 +134,7 @@ def _train_job(
         jobs.add_event(job.id, f"The fine-tuned model is epoch {best.epoch} (step {best.step}): the best validation "
                        f"{what} accuracy ({best.answer_accuracy:.1%}, loss {best.loss:.2f})")  # fmt: skip
     results = files.create_bytes("step_metrics.csv", "fine-tune-results", result.metrics_csv.read_bytes())
-    jobs.add_model(model_id, spec.model, job.id, result.method, str(result.weights_path))
+    jobs.add_model(model_id, spec.base_model, job.id, result.method, str(result.weights_path))
     jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
     resolved = result.hyperparameters.model_dump()
     done = NewEvent("The job has successfully completed")
@@ -141,6 +142,16 @@ def _train_job(
                        trained_tokens=result.trained_tokens, result_files=[results.id], resolved=resolved,
                        estimated_finish=None):  # fmt: skip
         jobs.delete_model(model_id)  # cancelled in the very last moment: do not publish the model
+
+
+def _start_from(jobs: JobStore, spec: JobSpec) -> Path | None:
+    """The weights of the fine-tuned model or checkpoint a job starts from (None: its base model)."""
+    if spec.model == spec.base_model:
+        return None
+    weights = jobs.trained_weights(spec.model)
+    if weights is None:
+        raise TuneloopError(f"{spec.model}, the model this job starts from, no longer exists")
+    return weights.path
 
 
 def _callbacks(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tuneloop.config import Settings
 from tuneloop.store.files import FileStore
@@ -41,7 +41,12 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    model: str = Field(description="Base model: a catalog name.")
+    model: str = Field(
+        description="What the job starts from: a catalog name, or a fine-tuned model or checkpoint id (SFT then DPO)."
+    )
+    base_model: str = Field(
+        default="", description="The catalog model under `model` (`model` itself for a catalog name, the default)."
+    )
     training_file: str = Field(description="Id of the training file (file-...).")
     validation_file: str | None = Field(default=None, description="Id of the validation file, if any.")
     method: TrainingMethod = Field(default="lora", description="`lora` adapters or `full` fine-tuning.")
@@ -53,11 +58,18 @@ class JobSpec(BaseModel):
     seed: Seed = Field(description="Seed for adapter initialisation, data order and dropout.")
     metadata: Metadata | None = Field(default=None, description="The caller's key/value tags.")
 
+    @model_validator(mode="after")
+    def _base_defaults_to_model(self) -> JobSpec:
+        if not self.base_model:
+            object.__setattr__(self, "base_model", self.model)  # frozen: set once, while validating
+        return self
+
     @classmethod
     def of(cls, job: Job) -> JobSpec:
         """The spec of a stored job."""
         return cls(
             model=job.model,
+            base_model=job.base,
             training_file=job.training_file,
             validation_file=job.validation_file,
             method=job.method,  # type: ignore[arg-type]
@@ -73,12 +85,15 @@ class JobSpec(BaseModel):
         hyperparameters = self.hyperparameters.model_dump(exclude_none=True)
         return {**self.model_dump(exclude={"hyperparameters"}), "hyperparameters": hyperparameters}
 
-    def train_config(self, settings: Settings, files: FileStore, output_dir: Path, resume: bool) -> TrainConfig:
+    def train_config(
+        self, settings: Settings, files: FileStore, output_dir: Path, resume: bool, start_from: Path | None = None
+    ) -> TrainConfig:
         """The training run of this job: its files on disk, writing to ``output_dir``; ``resume`` continues
-        from the latest checkpoint there."""
+        from the latest checkpoint there; ``start_from`` holds the weights of the fine-tuned ``model``."""
         validation = files.path(files.get(self.validation_file)) if self.validation_file else None
         return TrainConfig(
-            model=self.model,
+            model=self.base_model,
+            start_from=start_from,
             training_file=files.path(files.get(self.training_file)),
             validation_file=validation,
             output_dir=output_dir,

@@ -47,7 +47,7 @@ def validate_job(jobs: JobStore, files: FileStore, catalog: Catalog, job_id: str
         what += f" and validation file: {job.validation_file}"
     jobs.add_event(job_id, what)
     try:
-        error = _first_error(files, catalog, job.model, job.training_file, job.validation_file, job.objective)
+        error = _first_error(files, catalog, job.base, job.training_file, job.validation_file, job.objective)
     except Exception as exc:  # never leave a job in validating_files
         log.exception("validation of %s crashed", job_id)
         error = {"code": "validation_error", "message": f"{type(exc).__name__}: {exc}", "param": None}

@@ -50,7 +50,8 @@ jobs = sa.Table(
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),  # as requested: a catalog name, a fine-tuned model or checkpoint id
+    sa.Column("base_model", sa.Text),  # the catalog model under ``model`` (NULL in rows from before migration 5)
     sa.Column("training_file", sa.String(64), nullable=False),
     sa.Column("validation_file", sa.String(64)),
     sa.Column("status", sa.String(32), nullable=False),
@@ -188,6 +189,10 @@ MIGRATIONS: list[str] = [
     # 4: OpenAI's method.type of a job (supervised | dpo); DPO's beta lives in its hyperparameters
     """
     ALTER TABLE jobs ADD COLUMN objective VARCHAR(16) NOT NULL DEFAULT 'supervised'
+    """,
+    # 5: the catalog model a job's weights belong to, when it starts from a fine-tuned model or checkpoint
+    """
+    ALTER TABLE jobs ADD COLUMN base_model TEXT
     """,
 ]
 

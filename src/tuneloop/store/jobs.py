@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -27,7 +28,8 @@ class Job:
 
     id: str
     seq: int
-    model: str
+    model: str  # as requested: a catalog name, or the fine-tuned model / checkpoint id the job starts from
+    base_model: str | None  # the catalog model under ``model`` (None in jobs from before it was recorded)
     training_file: str
     validation_file: str | None
     status: str
@@ -50,6 +52,11 @@ class Job:
     worker_id: str | None
     heartbeat_at: float | None
     attempts: int
+
+    @property
+    def base(self) -> str:
+        """The catalog model this job's weights belong to."""
+        return self.base_model or self.model
 
     def to_openai(self, org: str) -> dict[str, Any]:
         """The OpenAI FineTuningJob object (``hyperparameters`` without DPO's beta, ``method`` with it)."""
@@ -88,6 +95,18 @@ def _job(row) -> Job:
     return Job(**row._mapping)
 
 
+@dataclass(frozen=True)
+class TrainedWeights:
+    """A fine-tuned model's or checkpoint's weights: the catalog model they belong to, ``lora`` (an
+    adapter folder) or ``full`` (a model folder), and the job that made them."""
+
+    id: str
+    base: str
+    kind: str
+    path: Path
+    job_id: str
+
+
 class NewEvent(NamedTuple):
     """A job event to record together with a status change."""
 
@@ -115,6 +134,7 @@ class JobStore:
         seed: int,
         metadata: dict[str, str] | None,
         objective: str = "supervised",
+        base_model: str | None = None,
     ) -> Job:
         """Insert a new job in ``validating_files``."""
         job_id = random_id("ftjob-")
@@ -122,10 +142,10 @@ class JobStore:
         insert_with_next_seq(
             self.engine, jobs,
             dict(
-                id=job_id, model=model, training_file=training_file, validation_file=validation_file,
-                status="validating_files", hyperparameters=hyperparameters, method=method, objective=objective,
-                suffix=suffix,
-                seed=seed, metadata=metadata, created_at=now, result_files=[], attempts=0,
+                id=job_id, model=model, base_model=base_model or model, training_file=training_file,
+                validation_file=validation_file, status="validating_files", hyperparameters=hyperparameters,
+                method=method, objective=objective, suffix=suffix, seed=seed, metadata=metadata, created_at=now,
+                result_files=[], attempts=0,
             ),
         )  # fmt: skip
         self.add_event(job_id, f"Created fine-tuning job: {job_id}")
@@ -304,6 +324,19 @@ class JobStore:
     def checkpoint_by_model_id(self, model_id: str):
         with self.engine.connect() as conn:
             return conn.execute(checkpoints.select().where(checkpoints.c.model_id == model_id)).first()
+
+    def trained_weights(self, model_id: str) -> TrainedWeights | None:
+        """The weights behind a fine-tuned model or checkpoint id; None for any other name (a base model)
+        and for a checkpoint whose folder is gone."""
+        row = self.get_model(model_id)
+        if row is not None:
+            return TrainedWeights(model_id, row.base, row.kind, Path(row.path), row.job_id)
+        ckpt = self.checkpoint_by_model_id(model_id)
+        job = self.get(ckpt.job_id) if ckpt is not None else None
+        if job is None or not Path(ckpt.path).is_dir():
+            return None
+        kind = "lora" if (Path(ckpt.path) / "adapter_config.json").is_file() else "full"
+        return TrainedWeights(model_id, job.base, kind, Path(ckpt.path), job.id)
 
     # -- fine-tuned models -----------------------------------------------------------------------
     def add_model(self, model_id: str, base: str, job_id: str, kind: str, path: str) -> None:

@@ -33,6 +33,12 @@ class TrainConfig(BaseModel):
     )
     validation_file: Path | None = Field(default=None, description="Optional JSONL file for validation metrics.")
     output_dir: Path = Field(description="Folder for the adapter/model, checkpoints, metrics.csv and the config.")
+    start_from: Path | None = Field(
+        default=None,
+        description="Weights of an earlier run of `model` to start from (e.g. SFT, then DPO): a LoRA adapter folder "
+        "(trained further, or merged into the weights first for `full`) or a full model folder (`full` only). "
+        "DPO's reference model is then these weights.",
+    )
     method: Literal["lora", "full"] = Field(
         default="lora", description="`lora` trains low-rank adapters; `full` trains every weight."
     )

@@ -12,7 +12,8 @@ The reference log-probabilities are computed once, before the first step, and ke
 (``PairSample.reference``): with LoRA by the same model with its adapter disabled (peft's
 ``disable_adapter()``, no second copy of the weights), with full fine-tuning by the weights as they
 are before training. The base weights never change under LoRA, so this equals running the reference
-at every step, at a third of the cost.
+at every step, at a third of the cost. A run that starts from a fine-tuned model (SFT, then DPO)
+has that model as its reference: its adapter stays enabled for the reference pass.
 """
 
 from __future__ import annotations
@@ -92,14 +93,20 @@ def score_pairs(
 
 
 def with_reference(
-    packed: PackedCausalLM, pairs: Sequence[PairSample], max_tokens: int, ctx: DistContext, share_prefix: bool = True
+    packed: PackedCausalLM,
+    pairs: Sequence[PairSample],
+    max_tokens: int,
+    ctx: DistContext,
+    share_prefix: bool = True,
+    fresh_adapter: bool = True,
 ) -> list[PairSample]:
-    """``pairs`` with the reference model's log-probabilities: the model with its LoRA adapter disabled, or
-    the full model as it is now (call before training). Several processes share the work."""
+    """``pairs`` with the reference model's log-probabilities: the model as it is now (call before
+    training), with a fresh LoRA adapter disabled (it adds nothing yet; an adapter a run starts from is
+    part of the reference). Several processes share the work."""
     if not pairs:
         return []
     mine = shard(range(len(pairs)), pairs, ctx.rank, ctx.world_size)
-    disabled = getattr(packed.model, "disable_adapter", None)
+    disabled = getattr(packed.model, "disable_adapter", None) if fresh_adapter else None
     with disabled() if disabled is not None else contextlib.nullcontext():
         scores = score_pairs(packed, [pairs[i] for i in mine], max_tokens, ctx.device, share_prefix) if mine else None
     table = torch.zeros(len(pairs), 2, dtype=torch.float64)

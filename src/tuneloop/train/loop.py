@@ -285,8 +285,9 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
     train_file, hp, train_samples, valid_samples = _setup_data(config, tokenizer, entry.context_length)
     packed = PackedCausalLM(model)
     if config.objective == "dpo":  # before any step (and before a resume loads trained weights)
-        train_samples = with_reference(packed, train_samples, config.micro_batch_tokens, ctx, config.share_prefix)
-        valid_samples = with_reference(packed, valid_samples, config.micro_batch_tokens, ctx, config.share_prefix)
+        args = (config.micro_batch_tokens, ctx, config.share_prefix, config.start_from is None)
+        train_samples = with_reference(packed, train_samples, *args)
+        valid_samples = with_reference(packed, valid_samples, *args)
     per_epoch = steps_per_epoch(len(train_samples), hp.batch_size)
     total = per_epoch * hp.n_epochs
     optimizer, scheduler = _setup_optimizer(model, config, hp, total)

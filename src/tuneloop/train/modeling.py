@@ -22,11 +22,26 @@ if TYPE_CHECKING:
 def build_model(
     config: TrainConfig, settings: Settings, device: torch.device
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, ModelEntry]:
-    """Load the base model (from ``settings``' catalog) in float32 and make it trainable: LoRA adapters,
-    or every weight for ``full``."""
+    """Load the base model (from ``settings``' catalog) in float32, with the weights of ``start_from``
+    when given, and make it trainable: LoRA adapters (a starting adapter's own), or every weight for ``full``."""
     model, tokenizer, entry = load_model(Catalog(settings), config.model, device="cpu")
+    start = starting_weights(config)
+    if start == "full":
+        load_weights(model, config.start_from, "full")  # type: ignore[arg-type]
     torch.manual_seed(config.seed)  # adapter initialisation
-    if config.method == "lora":
+    if start == "lora":
+        from peft import LoraConfig, PeftModel
+
+        lora = LoraConfig.from_pretrained(str(config.start_from))  # its rank and targets; this run's dropout
+        lora.lora_dropout = config.lora_dropout
+        trainable = config.method == "lora"
+        model = PeftModel.from_pretrained(model, str(config.start_from), config=lora, is_trainable=trainable)
+        if config.method == "full":
+            model = model.merge_and_unload()
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif start is None:
         from peft import LoraConfig, get_peft_model  # peft is heavy: loaded only for LoRA runs
 
         lora = LoraConfig(
@@ -37,12 +52,23 @@ def build_model(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
     model.to(device)
     model.train()
     return model, tokenizer, entry
+
+
+def starting_weights(config: TrainConfig) -> str | None:
+    """What ``config.start_from`` holds: ``lora`` (an adapter folder), ``full`` (a model folder) or None."""
+    folder = config.start_from
+    if folder is None:
+        return None
+    if (folder / "adapter_config.json").is_file():
+        return "lora"
+    if not any(folder.glob("*.safetensors")):
+        raise TuneloopError(f"{folder}: neither a LoRA adapter folder nor a model folder with *.safetensors weights")
+    if config.method == "lora":
+        raise TuneloopError(f"{folder}: a full model's weights; a run that starts from them trains every weight (full)")
+    return "full"
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
