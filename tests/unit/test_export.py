@@ -143,25 +143,44 @@ def test_a_damaged_adapter_is_a_clear_error_and_writes_nothing(tiny_model, tiny_
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize(("quantize", "agreement"), [("q8_0", 0.95)])
-def test_the_bundled_model_exports_to_gguf(smollm2, smollm2_converted, tmp_path, quantize, agreement):
-    """The bundled model as GGUF, loaded back by transformers: the same next token as float32 at >= 95%
-    (q8_0; 78 of 80 in one run) of its greedy continuations' positions (teacher-forced), and the chat
-    template kept. (q4_k_m, mostly Q5_0 on this model, agreed at 70 of 80 in one run: README quotes it; a
-    threshold two tokens below a measurement would be a test of luck.)"""
+def test_a_fine_tune_of_the_bundled_model_exports_and_decodes_as_served(smollm2, smollm2_converted, tmp_path):
+    """A LoRA fine-tune of the bundled model (a few real training steps), exported merged and as a q8_0 GGUF:
+    the merged folder gives the served greedy tokens (float32 engine, adapter applied per request) at every
+    position; the GGUF, loaded back by transformers, the same next token at >= 95% of them (q8_0 of
+    the base model agreed at 78 of 80 in one run), with the chat template kept. (q4_k_m, mostly Q5_0 on this
+    model, agreed at 70 of 80 in one run: README quotes it; a threshold two tokens below a measurement would
+    be a test of luck.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    export_model(Catalog(get_settings()), smollm2, "base", None, tmp_path / "gguf", fmt="gguf", quantize=quantize)
+    from tuneloop.train import TrainConfig, train
+
+    rows = [{"messages": [{"role": "user", "content": f"Say something about the number {i}."},
+                          {"role": "assistant", "content": f"NUMBER {i} IS A FINE NUMBER!"}]}
+            for i in range(12)]  # fmt: skip
+    data = tmp_path / "caps.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = TrainConfig(model=smollm2, training_file=data, output_dir=tmp_path / "run", n_epochs=1, batch_size=4,
+                         learning_rate_multiplier=10.0, lora_r=8)  # fmt: skip
+    adapter = train(config).weights_path
+    catalog = Catalog(get_settings())
+    export_model(catalog, smollm2, "lora", adapter, tmp_path / "merged")
+    export_model(catalog, smollm2, "lora", adapter, tmp_path / "gguf", fmt="gguf", quantize="q8_0")
     tokenizer = AutoTokenizer.from_pretrained(smollm2_converted)
-    questions = ["Why is the sky blue?", "Name three fruits.", "What is 2 + 2?", "Write a haiku about rain.",
-                 "How do plants grow?"]  # fmt: skip
+    questions = ["Say something about the number 40.", "Why is the sky blue?", "Name three fruits.",
+                 "What is 2 + 2?", "Write a haiku about rain."]  # fmt: skip
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              return_dict=False) for q in questions]  # fmt: skip
-    exact = AutoModelForCausalLM.from_pretrained(smollm2_converted, dtype=torch.float32).eval()
-    expected = greedy(exact, prompts, 16)
+    expected = served_tokens(smollm2_converted, adapter, prompts, 16)
+    base = greedy(AutoModelForCausalLM.from_pretrained(smollm2_converted, dtype=torch.float32).eval(), prompts, 16)
+    assert base != expected  # the fine-tune changed the answers
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf", dtype=torch.float32)
-    same = sum(forced_agreement(loaded.eval(), ids, tokens) for ids, tokens in zip(prompts, expected, strict=True))
-    assert same / (16 * len(prompts)) >= agreement, same
+    # teacher-forced: the served answers may end (at <|im_end|>), which generate's min_new_tokens would forbid
+    agree = [
+        sum(forced_agreement(model.eval(), ids, tokens) for ids, tokens in zip(prompts, expected, strict=True))
+        for model in (merged, loaded)
+    ]
+    assert agree[0] == 16 * len(prompts) and agree[1] >= 0.95 * 16 * len(prompts), agree
     assert (
         AutoTokenizer.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf").chat_template
         == tokenizer.chat_template
