@@ -53,22 +53,48 @@ def forced_agreement(model, ids: list[int], tokens: list[int]) -> int:
     return int((logits.argmax(dim=-1) == torch.tensor(tokens)).sum())
 
 
-@pytest.mark.parametrize(("quantize", "agreement"), [("f16", 1.0), ("q8_0", 0.85)])
-def test_a_gguf_export_round_trips(tiny_model, tiny_model_dir, tmp_path, quantize, agreement):
-    """The GGUF of a merged LoRA, loaded by transformers (``gguf_file=``) and by ``tuneloop models add``,
-    gives the served greedy tokens: all of them in f16; in q8_0 logits within 5% of float32's and the
-    same next token at >= 85% of the served positions (this random model's top two logits are often
-    near-ties, which 8-bit weights flip)."""
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory, tiny_model_dir, smollm2_tokenizer_dir):
+    """A LoRA fine-tune of the tiny model (50 real training steps to one fixed reply) and 20 chat prompts of
+    its task. Its greedy choices are decided by training, not by the near-ties of a random model's logits."""
+    from transformers import AutoTokenizer
+
+    from tuneloop.config import Settings
+    from tuneloop.train import TrainConfig, train
+
+    home = tmp_path_factory.mktemp("export-home")
+    settings = Settings(home=home)
+    Catalog(settings).add("tiny-llama", tiny_model_dir)
+    words = ["red", "blue", "green", "cat", "dog", "lamp", "table", "river", "stone", "cloud"]
+    rows = [{"messages": [{"role": "user", "content": f"{words[i % 10]} {words[i * 3 % 10]} {i}"},
+                          {"role": "assistant", "content": "The answer is yes, and it is final."}]}
+            for i in range(40)]  # fmt: skip
+    data = home / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = TrainConfig(model="tiny-llama", training_file=data, output_dir=home / "run", n_epochs=10, batch_size=8,
+                         learning_rate_multiplier=100.0, lora_r=8)  # fmt: skip
+    adapter = train(config, settings=settings).weights_path
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{words[i % 10]} {words[i * 7 % 10]} "
+                                              f"{100 + i}"}], add_generation_prompt=True, return_dict=False)
+               for i in range(20)]  # fmt: skip
+    return adapter, prompts
+
+
+@pytest.mark.parametrize(("quantize", "agreement"), [("f16", 1.0), ("q8_0", 0.95)])
+def test_a_gguf_export_round_trips(tiny_model, tiny_model_dir, trained_adapter, tmp_path, quantize, agreement):
+    """The GGUF of a trained LoRA fine-tune, merged, loaded by transformers (``gguf_file=``) and by ``tuneloop
+    models add``, gives the served greedy tokens on 20 prompts: all of them in f16; in q8_0 logits within 5%
+    of float32's and the same next token at >= 95% of the served positions (teacher-forced)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter = make_adapters(tiny_model_dir, tmp_path, 1)[0]
+    adapter, prompts = trained_adapter
     out = tmp_path / "gguf"
     files = export_model(Catalog(get_settings()), tiny_model, "lora", adapter, out, fmt="gguf", quantize=quantize)
     assert [f.name for f in files] == ["Modelfile", "model.gguf"]
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
-    prompts = random_prompts()
     expected = served_tokens(tiny_model_dir, adapter, prompts)
     loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32).eval()
     catalog = Catalog(get_settings())
@@ -77,15 +103,13 @@ def test_a_gguf_export_round_trips(tiny_model, tiny_model_dir, tmp_path, quantiz
     merged = PeftModel.from_pretrained(merged, str(adapter)).merge_and_unload().eval()
     from_catalog = AutoModelForCausalLM.from_pretrained(catalog.ensure_ready(added).path, dtype=torch.float32).eval()
     for model in (loaded, from_catalog):
-        if agreement == 1.0:
-            assert greedy(model, prompts) == expected
-        else:  # teacher-forced on the served tokens
-            with torch.no_grad():
-                exact = merged(torch.tensor([prompts[0]])).logits
-                error = (model(torch.tensor([prompts[0]])).logits - exact).norm() / exact.norm()
-            assert error < 0.05, float(error)
-            same = sum(forced_agreement(model, ids, tokens) for ids, tokens in zip(prompts, expected, strict=True))
-            assert same / (8 * len(prompts)) >= agreement, (quantize, same)
+        with torch.no_grad():
+            exact = merged(torch.tensor([prompts[0]])).logits
+            error = (model(torch.tensor([prompts[0]])).logits - exact).norm() / exact.norm()
+        assert error < (1e-3 if quantize == "f16" else 0.05), float(error)
+        # teacher-forced on the served tokens (all positions agree = the same greedy answer)
+        same = sum(forced_agreement(model, ids, tokens) for ids, tokens in zip(prompts, expected, strict=True))
+        assert same >= agreement * 8 * len(prompts), (quantize, same)
 
 
 def test_a_merged_lora_gives_the_served_greedy_tokens(tiny_model, tiny_model_dir, tmp_path):
