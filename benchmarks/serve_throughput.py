@@ -35,7 +35,8 @@ streams >= 5x the single-stream aggregate (same model mix); 16 streams mixing 4 
 Usage (about 5 minutes on a 2-core laptop; the converted model is reused from ``TUNELOOP_HOME``
 or ``~/.tuneloop`` when it is there)::
 
-    python benchmarks/serve_throughput.py [--max-tokens 64] [--quick] [--json results.json]
+    python benchmarks/serve_throughput.py [--max-tokens 64] [--quick] [--json results.json] \\
+        [--server-env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -284,11 +285,14 @@ def summarize(name: str, concurrency: int, rounds: list[Round]) -> Scenario:
 class Server(ServerProcess):
     """``tuneloop serve --no-worker`` in a subprocess on a free loopback port."""
 
-    def __init__(self, home: Path, max_batch: int, threads: int | None, activations: str = "auto"):
+    def __init__(
+        self, home: Path, max_batch: int, threads: int | None, activations: str = "auto", extra: dict | None = None
+    ):
         env = {"TUNELOOP_MAX_BATCH": str(max_batch), "TUNELOOP_API_KEY": API_KEY,
                "TUNELOOP_SERVE_ACTIVATIONS": activations}  # fmt: skip
         if threads:
             env["TUNELOOP_NUM_THREADS"] = str(threads)
+        env.update(extra or {})
         super().__init__(home, "--no-worker", env=env, log_path=home / "serve.log", inherit_settings=False)
 
     def counters(self) -> dict[str, float]:
@@ -459,7 +463,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="TUNELOOP_MAX_BATCH of the server.")
     parser.add_argument("--threads", type=int, help="Torch threads for the baseline and server (default: all cores).")
     parser.add_argument("--keep-home", action="store_true", help="Keep the temporary TUNELOOP_HOME (and its log).")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra server environment (repeatable): TUNELOOP_ADAPTIVE_THREADS=false.")  # fmt: skip
     args = parser.parse_args()
+    server_env = dict(item.split("=", 1) for item in args.server_env)
 
     from transformers.utils import logging as hf_logging
 
@@ -489,7 +496,7 @@ def main() -> None:
         print(f"baseline: {baseline['tok_s']:.1f} tok/s ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
         gc.collect()
-        server = Server(home, args.max_batch, args.threads, args.activations)
+        server = Server(home, args.max_batch, args.threads, args.activations, server_env)
         server.wait_ready()
         rss_start = server.rss_bytes()
         warm = warm_up(server)
@@ -511,7 +518,8 @@ def main() -> None:
     load_after = load_average()
     print()
     print(f"Serving throughput, {MODEL}, max_tokens={args.max_tokens}, greedy, streaming, "
-          f"{os.cpu_count()} CPUs, max_batch={args.max_batch}, activations={args.activations}")  # fmt: skip
+          f"{os.cpu_count()} CPUs, max_batch={args.max_batch}, activations={args.activations}"
+          + "".join(f", {k}={v}" for k, v in server_env.items()))  # fmt: skip
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min), {load_after[2]:.2f} (15 min)")
     print()
     print_table(baseline, scenarios)
@@ -534,7 +542,7 @@ def main() -> None:
     if args.json:
         payload = {
             "model": MODEL, "max_tokens": args.max_tokens, "max_batch": args.max_batch, "quick": args.quick,
-            "cpus": os.cpu_count(), "load_before": load_before, "load_after": load_after,
+            "cpus": os.cpu_count(), "load_before": load_before, "load_after": load_after, "server_env": server_env,
             "baseline": baseline, "scenarios": [asdict(s) for s in scenarios],
             "memory": memory, "warm_up_outputs": warm["outputs"], "targets": targets,
         }  # fmt: skip

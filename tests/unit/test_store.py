@@ -56,6 +56,7 @@ def test_migration_renumbers_duplicate_list_order(engine):
         conn.execute(sa.text("DROP INDEX ux_files_seq"))
         conn.execute(sa.text("DROP TABLE stored_completions"))  # migration 3
         conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN objective"))  # migration 4
+        conn.execute(sa.text("ALTER TABLE jobs DROP COLUMN base_model"))  # migration 5
         conn.execute(sa.text("UPDATE jobs SET seq = 7 WHERE id != :id"), {"id": ids[0]})
     migrate(engine)
     listed = [j.id for j in jobs.list()[0]]
