@@ -12,7 +12,9 @@ training micro-batch) and runs the next one with all threads or with one (no bar
   the cores; when on average half a thread or more does, steps drop to one thread, and when, after
   half a second on one thread, the others leave room for all threads again, steps go back to all;
 * a long step (a training micro-batch) whose process got less than 80% CPU time per thread drops
-  at once: contended, the next one could take a minute;
+  at once: contended, the next one could take a minute; and :meth:`~ThreadGovernor.check`, called
+  between a step's layers, drops in the middle of one that has already taken twice its usual time
+  so starved (a neighbour started during the step: finishing it on all threads took 36 s, not 1.2);
 * every drop is a trial: when the first steps on one thread are not faster (seconds per row) than
   the last ones on all threads (the other threads were a client, a short burst), all threads come back and the
   next drop waits 1, 2, 4 … up to 30 s, so an idle machine keeps its speed.
@@ -103,6 +105,7 @@ class ThreadGovernor:
     #: Wall seconds per unit of work of the last steps on the current thread count.
     _walls: deque = field(default_factory=lambda: deque(maxlen=TRIAL_STEPS))
     _step: tuple[float, float] = (0.0, 0.0)
+    _in_step: bool = False
     _sampled: float = 0.0
     _since: float = 0.0
     #: A drop on trial: the median step (per unit of work) on all threads that one thread must beat.
@@ -127,16 +130,17 @@ class ThreadGovernor:
         self.stop()
 
     def start(self) -> None:
-        self._step = self.clock()
+        self._step, self._in_step = self.clock(), True
 
     def stop(self, work: int = 1) -> None:
         """End a step that did ``work`` units (a decode step's rows: trials compare seconds per unit)."""
+        self._in_step = False
         if not self.adaptive or self.threads == 1:
             return None
         now, cpu = self.clock()
         wall, full = now - self._step[0], self.current == self.threads
         self._walls.append(wall / max(1, work))
-        if full and wall >= LONG_STEP and (cpu - self._step[1]) / wall < MIN_SHARE * self.current:
+        if full and self._starved(wall, cpu, LONG_STEP):
             return self._drop(now)
         if self._trial is not None and len(self._walls) == self._walls.maxlen:
             return self._judge(now)
@@ -153,9 +157,23 @@ class ThreadGovernor:
             self._use(self.threads, now)
         return None
 
-    def _drop(self, now: float) -> None:
+    def check(self) -> None:
+        """Within a step (between a training micro-batch's layers): drop to one thread now if the step
+        has taken twice its usual time, at least ``LONG_STEP``, with too little CPU time per thread."""
+        if not (self.adaptive and self._in_step and 1 < self.current == self.threads):
+            return
+        now, cpu = self.clock()
+        usual = median_high(self._walls) if self._walls else LONG_STEP
+        if self._starved(now - self._step[0], cpu, max(LONG_STEP, 2 * usual)):
+            self._drop(now, usual)
+
+    def _starved(self, wall: float, cpu: float, at_least: float) -> bool:
+        """Whether the step so far took ``at_least`` seconds with under ``MIN_SHARE`` CPU time per thread."""
+        return wall >= at_least and (cpu - self._step[1]) / wall < MIN_SHARE * self.current
+
+    def _drop(self, now: float, trial: float | None = None) -> None:
         self.drops += 1
-        self._trial = median_high(self._walls)
+        self._trial = median_high(self._walls) if trial is None else trial
         self._use(1, now)
 
     def _judge(self, now: float) -> None:

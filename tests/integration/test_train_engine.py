@@ -300,3 +300,25 @@ def test_full_fine_tuning_writes_a_safetensors_model(tmp_path: Path, tiny_model:
         n for (n, p), q in zip(trained.named_parameters(), base.parameters(), strict=True) if not torch.equal(p, q)
     ]
     assert any("layers.0" in n for n in changed) and any("embed_tokens" in n for n in changed)
+
+
+def test_a_packed_pass_calls_between_layers_forward_and_backward(tiny_model_dir: Path) -> None:
+    """Each decoder layer calls ``between_layers`` as its forward and its backward start (under PEFT too);
+    a pass without gradients, forward only."""
+    from peft import LoraConfig, get_peft_model
+
+    from tuneloop.train.packed import PackedCausalLM
+
+    model, _, renderer = tiny_parts(tiny_model_dir)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    calls: list[int] = []
+    packed = PackedCausalLM(model, between_layers=lambda: calls.append(1))
+    layers = model.config.num_hidden_layers
+    batch = pack([to_sample(renderer.render(c["messages"])) for c in conversations(2)])
+    with torch.no_grad():
+        packed(batch)
+    assert len(calls) == layers
+    out = packed(batch)
+    assert len(calls) == 2 * layers
+    out.loss.backward()
+    assert len(calls) == 3 * layers

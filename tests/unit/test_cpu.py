@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tuneloop.cpu import (
     HOLD_SECONDS,
     MIN_SAMPLES,
@@ -136,3 +138,31 @@ def test_set_priority_lowers_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert [int(v) for v in out] == [before + 5] * 3
     assert set_priority(0) == before  # 0 leaves this process alone
+
+
+def test_a_step_starved_midway_drops_between_its_layers_and_an_idle_one_never_does():
+    m = FakeMachine()
+    g = m.governor()
+    for _ in range(3):
+        m.step(g, wall=1.0)  # micro-batches of 1 s alone
+    g.start()
+    for _ in range(40):  # its layers, 50 ms each on a machine to itself: no drop, however many checks
+        m.wall, m.cpu = m.wall + 0.05, m.cpu + 0.05 * 0.95 * 2
+        g.check()
+    assert g.current == 2
+    g.stop()
+    g.start()
+    start = m.wall
+    m.wall, m.cpu = m.wall + 0.6, m.cpu + 0.6 * 0.95 * 2  # the first layers alone, then a neighbour starts
+    layers = 0
+    while g.current == 2:
+        m.wall, m.cpu = m.wall + 0.5, m.cpu + 0.5 * 0.3 * 2  # each layer now waits at its barriers
+        layers += 1
+        g.check()
+    assert g.drops == 1 and layers == 3 and m.wall - start == pytest.approx(2.1)  # twice the usual 1 s, starved
+    g.stop()
+    assert g.current == 1
+    idle = m.governor()
+    m.wall += 100.0
+    idle.check()  # outside a step (e.g. DPO's reference pass before training): nothing to judge
+    assert idle.current == 2

@@ -20,7 +20,10 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (adapter or model, checkpoints, metrics.csv)."),
     valid_file: Path | None = typer.Option(None, "--valid", help="Validation JSONL file."),
     start_from: Path | None = typer.Option(
-        None, "--start-from", exists=True, file_okay=False,
+        None,
+        "--start-from",
+        exists=True,
+        file_okay=False,
         help="Continue from an earlier run's weights (e.g. SFT, then --method dpo): its OUT/adapter, OUT/model or a "
         "checkpoint folder. DPO's reference model is then that model.",
     ),  # fmt: skip

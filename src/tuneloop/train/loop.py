@@ -283,7 +283,9 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
         configure_cpu_threads(ctx.local_world_size, settings.num_threads)  # load_model claimed every core
     resume = _resume_folder(config)
     train_file, hp, train_samples, valid_samples = _setup_data(config, tokenizer, entry.context_length)
-    packed = PackedCausalLM(model)
+    governor = ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive=settings.adaptive_threads
+                              and ctx.device.type == "cpu" and ctx.local_world_size == 1)  # fmt: skip
+    packed = PackedCausalLM(model, between_layers=governor.check)
     if config.objective == "dpo":  # before any step (and before a resume loads trained weights)
         args = (config.micro_batch_tokens, ctx, config.share_prefix, config.start_from is None)
         train_samples = with_reference(packed, train_samples, *args)
@@ -320,9 +322,8 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
         steps_per_epoch=per_epoch,
         meta=meta,
         csv=MetricsCSV(config.output_dir / "metrics.csv"),
-        governor=ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive=settings.adaptive_threads
-                                and ctx.device.type == "cpu" and ctx.local_world_size == 1),
-    )  # fmt: skip
+        governor=governor,
+    )
     if resume is not None:
         _restore(run, resume)
     if ctx.is_main:

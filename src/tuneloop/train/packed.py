@@ -9,6 +9,7 @@ sliding-window attention is not implemented, so longer sequences than the window
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -78,9 +79,12 @@ def _decoder_layer(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: to
 class PackedCausalLM(nn.Module):
     """Wraps a (possibly PEFT) causal LM so ``forward(batch)`` returns the loss sums of a packed micro-batch."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, between_layers: Callable[[], None] | None = None):
+        """``between_layers`` is called as each decoder layer's forward and backward start (the thread
+        governor's mid-step check: a long micro-batch may change its thread count between layers)."""
         super().__init__()
         self.model = model
+        self._between = between_layers
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._decoder = base.model
         self._lm_head = base.lm_head
@@ -96,8 +100,13 @@ class PackedCausalLM(nn.Module):
         h = decoder.embed_tokens(batch.input_ids)
         cos, sin = decoder.rotary_emb(h.unsqueeze(0), batch.position_ids.unsqueeze(0))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (L, 1, D): broadcast over heads
+        between = self._between
         for layer in decoder.layers:
+            if between is not None:
+                between()
             h = _decoder_layer(layer, h, cos, sin, batch)
+            if between is not None and h.requires_grad:
+                h.register_hook(lambda grad: between())  # as the gradient reaches this layer's output
         return decoder.norm(h.index_select(0, batch.label_index))
 
     def sequence_logprobs(self, batch: PackedBatch, n_sequences: int) -> torch.Tensor:
