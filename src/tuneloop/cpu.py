@@ -159,21 +159,21 @@ class ThreadGovernor:
 
     def check(self) -> None:
         """Within a step (between a training micro-batch's layers): drop to one thread now if the step
-        has taken twice its usual time, at least ``LONG_STEP``, with too little CPU time per thread."""
-        if not (self.adaptive and self._in_step and 1 < self.current == self.threads):
-            return
+        has taken twice the usual (median) step, and at least ``LONG_STEP``, with too little CPU time per thread."""
+        if not (self.adaptive and self._in_step and self._walls and 1 < self.current == self.threads):
+            return  # no usual time yet: the check after the step decides
         now, cpu = self.clock()
-        usual = median_high(self._walls) if self._walls else LONG_STEP
-        if self._starved(now - self._step[0], cpu, max(LONG_STEP, 2 * usual)):
-            self._drop(now, usual)
+        wall = now - self._step[0]
+        if wall >= LONG_STEP and self._starved(wall, cpu, 2 * median_high(self._walls)):
+            self._drop(now)
 
     def _starved(self, wall: float, cpu: float, at_least: float) -> bool:
         """Whether the step so far took ``at_least`` seconds with under ``MIN_SHARE`` CPU time per thread."""
         return wall >= at_least and (cpu - self._step[1]) / wall < MIN_SHARE * self.current
 
-    def _drop(self, now: float, trial: float | None = None) -> None:
+    def _drop(self, now: float) -> None:
         self.drops += 1
-        self._trial = median_high(self._walls) if trial is None else trial
+        self._trial = median_high(self._walls)
         self._use(1, now)
 
     def _judge(self, now: float) -> None:

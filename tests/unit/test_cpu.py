@@ -165,4 +165,7 @@ def test_a_step_starved_midway_drops_between_its_layers_and_an_idle_one_never_do
     idle = m.governor()
     m.wall += 100.0
     idle.check()  # outside a step (e.g. DPO's reference pass before training): nothing to judge
+    idle.start()
+    m.wall += 100.0
+    idle.check()  # the first step: no usual time yet (the check after the step decides)
     assert idle.current == 2

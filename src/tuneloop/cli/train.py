@@ -26,7 +26,7 @@ def train(
         file_okay=False,
         help="Continue from an earlier run's weights (e.g. SFT, then --method dpo): its OUT/adapter, OUT/model or a "
         "checkpoint folder. DPO's reference model is then that model.",
-    ),  # fmt: skip
+    ),
     epochs: Epochs = "auto",
     batch_size: BatchSize = "auto",
     lr_multiplier: LearningRateMultiplier = "auto",

@@ -285,7 +285,7 @@ def _setup(config: TrainConfig, ctx: DistContext, settings: Settings) -> _Run:
     train_file, hp, train_samples, valid_samples = _setup_data(config, tokenizer, entry.context_length)
     governor = ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive=settings.adaptive_threads
                               and ctx.device.type == "cpu" and ctx.local_world_size == 1)  # fmt: skip
-    packed = PackedCausalLM(model, between_layers=governor.check)
+    packed = PackedCausalLM(model, between_layers=governor.check if governor.adaptive else None)
     if config.objective == "dpo":  # before any step (and before a resume loads trained weights)
         args = (config.micro_batch_tokens, ctx, config.share_prefix, config.start_from is None)
         train_samples = with_reference(packed, train_samples, *args)
