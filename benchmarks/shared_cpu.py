@@ -76,6 +76,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -495,6 +496,8 @@ class Phase:
     window: tuple[float, float]
     rates: dict[str, Rate]
     cores: dict[str, float] = field(default_factory=dict)
+    #: the server's steps in the window: all, those on one thread of several, and drops to one thread
+    server_steps: dict[str, int] = field(default_factory=dict)
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -513,6 +516,14 @@ def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float | None]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
+def server_steps(server: ServerProcess) -> dict[str, int]:
+    """The server's engine counters from ``/health``: steps, steps on one thread, drops to one thread."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as response:
+        engines = json.load(response)["engines"]
+    keys = {"steps": "decode_steps", "on one thread": "shared_cpu_steps", "drops": "shared_cpu_drops"}
+    return {k: sum(e[v] for e in engines.values()) for k, v in keys.items()}
+
+
 class Bench:
     """Runs the phases: the workloads of a phase run together, and each is measured over the same window."""
 
@@ -520,6 +531,7 @@ class Bench:
         self.window = window
         self.phases: list[Phase] = []
         self.pids: dict[str, int | None] = {"bench": None}  # processes whose CPU use each phase reports
+        self.server: ServerProcess | None = None  # whose engine counters each phase reports
 
     def phase(self, name: str, load: Load | None = None, trainer: TrainingChild | None = None,
               trainer_key: str = "") -> Phase:  # fmt: skip
@@ -535,8 +547,10 @@ class Bench:
                 t0 = trainer.wait_for_step_end(t0) or time.perf_counter()
             t1 = t0 + self.window
             cpu0, c0 = cpu_snapshot(self.pids), time.perf_counter()
+            steps0 = server_steps(self.server) if self.server else {}
             time.sleep(max(0.0, t1 - time.perf_counter()))
             cpu1, c1 = cpu_snapshot(self.pids), time.perf_counter()
+            steps = {k: v - steps0[k] for k, v in server_steps(self.server).items()} if self.server else {}
             if trainer is not None:
                 trainer.wait_for_step_end(t1)
             if load is not None:
@@ -549,7 +563,7 @@ class Bench:
         shown = ", ".join(f"{k} {r.value:.2f} {r.unit} (n={r.count:g})" for k, r in rates.items())
         print(f"  {shown}", file=sys.stderr, flush=True)
         cores = {k: (cpu1[k] - v) / (c1 - c0) for k, v in cpu0.items() if v is not None and cpu1[k] is not None}
-        result = Phase(name, (t0, t1), rates, cores)
+        result = Phase(name, (t0, t1), rates, cores, steps)
         self.phases.append(result)
         return result
 
@@ -593,6 +607,7 @@ def run_phases(args: argparse.Namespace, home: Path, cleanup: list[Any]) -> tupl
     server = start_server(home, args.server_env, args.server_nice)
     cleanup.append(server.stop)
     bench.pids["server"] = server.process.pid
+    bench.server = server
     warm_up_server(server, args.max_tokens)
     s1_alone = bench.phase("tuneloop 1 stream alone", ServingLoad(server, 1, args.max_tokens))
     s8_alone = bench.phase(f"tuneloop {STREAMS} streams alone", ServingLoad(server, STREAMS, args.max_tokens))
@@ -704,6 +719,9 @@ def print_details(bench: Bench) -> None:
         cores = ", ".join(f"{k} {v:.2f}" for k, v in p.cores.items())
         print(f"  {p.name} [{p.window[1] - p.window[0]:.1f} s]: {'; '.join(parts)}")
         print(f"      cores used: {cores}")
+        if p.server_steps.get("steps"):  # steps on one thread include those that only ran prompt pieces
+            print(f"      server: {p.server_steps['steps']} decode steps; {p.server_steps['on one thread']} "
+                  f"steps on one thread, {p.server_steps['drops']} drops to one thread")  # fmt: skip
 
 
 # -- the plain torch trainer (a child process) -----------------------------------------------------
@@ -856,7 +874,8 @@ def main() -> None:
             "server_nice": args.server_nice, "train_nice": args.train_nice,
             "rows": [{**asdict(r), "kept": r.kept} for r in rows],
             "phases": [{"name": p.name, "window_s": p.window[1] - p.window[0], "cores": p.cores,
-                        "rates": {k: asdict(r) for k, r in p.rates.items()}} for p in bench.phases],
+                        "server_steps": p.server_steps, "rates": {k: asdict(r) for k, r in p.rates.items()}}
+                       for p in bench.phases],
             "comparisons": compared, "targets": targets,
         }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2, default=str))

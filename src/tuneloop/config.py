@@ -143,9 +143,10 @@ class Settings(BaseSettings):
         "with exponential backoff or the upstream's retry-after (up to 30 s); never once an answer streams.",
     )  # fmt: skip
     train_nice: int = Field(
-        default=5, ge=0, le=19,
+        default=19, ge=0, le=19,
         description="How much lower the OS priority of training runs (tuneloop train, the worker's jobs) "
-        "than serving on the same machine (a nice increment; 0: the same).",
+        "than serving on the same machine (a nice increment; 0: the same). With 19, one or two streams "
+        "decode on all cores beside a training run, and a batch of streams leaves it one (tuneloop.cpu).",
     )  # fmt: skip
 
     @field_validator("upstreams", mode="before")

@@ -16,10 +16,18 @@ training micro-batch) and runs the next one with all threads or with one (no bar
   between a step's layers, drops in the middle of one that has already taken twice its usual time
   so starved (a neighbour started during the step: finishing it on all threads took 36 s, not 1.2);
 * every drop is a trial: when the first steps on one thread are not faster (seconds per row) than
-  the last ones on all threads (the other threads were a client, a short burst), all threads come back and the
-  next drop waits 1, 2, 4 … up to 30 s, so an idle machine keeps its speed.
+  the last ones on all threads (the other threads were a client, a short burst, or a process of
+  lower priority), all threads come back and the next drop waits 1, 2, 4 … up to 30 s, so an idle
+  machine keeps its speed; where one thread won, short steps (decoding) give all threads another
+  try 1, 2, 4 … up to 30 s later (one thread may have won against a slow start); long ones
+  (training) do not, as a micro-batch starved on all threads can take a minute;
+* with ``share_above``, steps of more work than that (a batch of streams) drop beside a neighbour
+  without a trial: they leave it a core even where all threads would be faster.
 
-Two processes governed so (a server and a training run) settle on one thread each, side by side.
+Training runs at a lower priority (:func:`set_priority`, nice 19 by default), so a server's steps
+on all threads beside it lose only the neighbour's short time slices: one or two interactive
+streams decode on both cores (their trials keep all threads), while a batch of streams and the
+training run settle on one thread each, side by side.
 """
 
 from __future__ import annotations
@@ -35,8 +43,10 @@ from statistics import median_high
 MIN_SHARE = 0.8
 #: A step this long (seconds) decides alone (a training micro-batch).
 LONG_STEP = 0.25
-#: Other processes' running threads, on average, at which steps drop to one thread.
-OTHERS_DROP = 0.5
+#: Other processes' running threads, on average, at which steps drop to one thread (on trial);
+#: and at which steps of more than ``share_above`` work leave a core (no trial: a neighbour that
+#: always wants a core, over the last ``2 * MIN_SAMPLES`` samples, not a sampling artefact).
+OTHERS_DROP, OTHERS_SHARE = 0.5, 0.9
 #: Samples of the running threads that decide, at least; and the seconds between two (a sample
 #: reads the state of each of this process's threads: ~0.5 ms with 60 of them).
 MIN_SAMPLES, SAMPLE_SECONDS = 5, 0.1
@@ -55,7 +65,9 @@ def available_cores() -> int:
 
 def running_threads() -> int | None:
     """Threads of *other* processes running or ready to run now: the machine's ``procs_running``
-    less this process's threads in state R; None where unknown (not Linux)."""
+    less this process's threads in state R; None where unknown (not Linux). Right after an OpenMP
+    region it reads one thread too many now and then (a worker of this process going to sleep):
+    in 7% of the samples on an idle machine, and in up to 30% beside 8 busy streams."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             machine = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
@@ -72,13 +84,33 @@ def running_threads() -> int | None:
 
 
 def set_priority(nice: int) -> int:
-    """Lower this process's priority by ``nice`` (never raises it); return its niceness after."""
+    """Lower this process's priority by ``nice`` (never raises it); return its niceness after.
+
+    Where Linux groups the scheduler's entities by session (``sched_autogroup``), a process's nice
+    value weighs only against its own session: a session leader (a training child started in its own
+    session) lowers its session's weight as well, so that it yields to a server in another session.
+    """
     if nice > 0 and hasattr(os, "nice"):
         try:
-            return os.nice(nice)
+            after = os.nice(nice)
         except OSError:
             pass
+        else:
+            if os.getsid(0) == os.getpid():
+                _lower_autogroup(after)
+            return after
     return os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
+
+
+def _lower_autogroup(nice: int) -> None:
+    """Set this session's autogroup niceness to ``nice`` where it is lower (no-op without autogroups)."""
+    try:
+        with open("/proc/self/autogroup", "r+", encoding="ascii") as f:
+            if int(f.read().split()[-1]) < nice:
+                f.seek(0)
+                f.write(str(nice))
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 @dataclass
@@ -98,12 +130,23 @@ class ThreadGovernor:
     #: Other processes' running threads now (:func:`running_threads`).
     running: Callable[[], int | None] = lambda: running_threads()
     cores: int = field(default_factory=lambda: available_cores())
+    #: Steps of more than this much work (recent median; a decode step's rows: a batch of streams)
+    #: leave a neighbour that wants the cores one of them, without a trial: one thread each, even
+    #: where all threads would be faster (beside a neighbour of lower priority). Smaller steps (one
+    #: or two interactive streams) keep all threads wherever a trial finds them faster. None: every
+    #: drop is a trial.
+    share_above: int | None = None
     current: int = 0
-    #: How many times steps dropped to one thread.
+    #: How many times steps dropped to one thread, and how many steps ran on fewer threads than they may.
     drops: int = 0
+    shared_steps: int = 0
     _others: deque = field(default_factory=lambda: deque(maxlen=2 * MIN_SAMPLES))
     #: Wall seconds per unit of work of the last steps on the current thread count.
     _walls: deque = field(default_factory=lambda: deque(maxlen=TRIAL_STEPS))
+    #: Work of the last steps (``share_above``).
+    _works: deque = field(default_factory=lambda: deque(maxlen=TRIAL_STEPS))
+    #: On one thread to share the cores with a neighbour (``share_above``), not on trial.
+    _sharing: bool = False
     _step: tuple[float, float] = (0.0, 0.0)
     _in_step: bool = False
     _sampled: float = 0.0
@@ -112,6 +155,9 @@ class ThreadGovernor:
     _trial: float | None = None
     _hold_until: float = 0.0
     _hold: float = HOLD_SECONDS
+    #: A trial that one thread won: when all threads try again, and the wait after the next win.
+    _retry_at: float = 0.0
+    _retry: float = HOLD_SECONDS
 
     def __post_init__(self) -> None:
         self.threads = max(1, min(self.threads, self.cores)) if self.adaptive else max(1, self.threads)
@@ -139,9 +185,15 @@ class ThreadGovernor:
             return None
         now, cpu = self.clock()
         wall, full = now - self._step[0], self.current == self.threads
+        self.shared_steps += not full
         self._walls.append(wall / max(1, work))
+        self._works.append(work)
+        bulk = self.share_above is not None and median_high(self._works) > self.share_above
         if full and self._starved(wall, cpu, LONG_STEP):
             return self._drop(now)
+        retry = wall < LONG_STEP and now >= self._retry_at  # one thread won a while ago: all try again
+        if not full and not bulk and self._trial is None and (self._sharing or retry):
+            return self._use(self.threads, now)
         if self._trial is not None and len(self._walls) == self._walls.maxlen:
             return self._judge(now)
         if now - self._sampled < SAMPLE_SECONDS or (running := self.running()) is None:
@@ -151,8 +203,9 @@ class ThreadGovernor:
         if len(self._others) < MIN_SAMPLES:
             return None
         others = sum(self._others) / len(self._others)
-        if full and others >= OTHERS_DROP and now >= self._hold_until:
-            self._drop(now)
+        share = bulk and len(self._others) == self._others.maxlen and others >= OTHERS_SHARE
+        if full and (share or others >= OTHERS_DROP and now >= self._hold_until):
+            self._drop(now, trial=not share)
         elif not full and now - self._since >= SINGLE_SECONDS and self.cores - others > self.threads - OTHERS_DROP:
             self._use(self.threads, now)
         return None
@@ -171,17 +224,20 @@ class ThreadGovernor:
         """Whether the step so far took ``at_least`` seconds with under ``MIN_SHARE`` CPU time per thread."""
         return wall >= at_least and (cpu - self._step[1]) / wall < MIN_SHARE * self.current
 
-    def _drop(self, now: float) -> None:
+    def _drop(self, now: float, trial: bool = True) -> None:
         self.drops += 1
-        self._trial = median_high(self._walls)
+        self._trial = median_high(self._walls) if trial else None
         self._use(1, now)
+        self._sharing = not trial
 
     def _judge(self, now: float) -> None:
         """End a drop's trial: keep one thread if its steps are faster, else all threads for a while."""
         single, full, self._trial = median_high(self._walls), self._trial, None
         if single < full:
             self._hold = HOLD_SECONDS
+            self._retry_at, self._retry = now + self._retry, min(2 * self._retry, MAX_HOLD_SECONDS)
             return
+        self._retry = HOLD_SECONDS
         self._hold_until = now + self._hold
         self._hold = min(2 * self._hold, MAX_HOLD_SECONDS)
         self._use(self.threads, now)
@@ -190,6 +246,7 @@ class ThreadGovernor:
         if n != self.current:
             self.apply(n)
             self.current = n
+            self._sharing = False
             self._others.clear()
             self._walls.clear()
             self._since = now

@@ -49,7 +49,8 @@ def test_weights_mode_decides_which_layers_are_quantized(server):
     int8 = server.env["TUNELOOP_SERVE_WEIGHTS"] == "int8" and native.available()  # else float32 throughout
     assert quantized == (2 * 7 + 1 if int8 else 0)  # every projection of both layers, and the head
     stats = engine_stats(server)  # how many threads decode: all of them, or one while the cores are shared
-    assert 1 <= stats["threads"] <= stats["max_threads"] and stats["shared_cpu_drops"] >= 0
+    assert 1 <= stats["threads"] <= stats["max_threads"]
+    assert stats["shared_cpu_drops"] == stats["shared_cpu_steps"] == 0  # tests pin the thread count
 
 
 def engine_stats(server) -> dict:

@@ -1,6 +1,7 @@
 """Sharing the CPU: the thread governor's decisions (fake clocks), and training's OS priority."""
 
 import os
+import random
 import subprocess
 import sys
 
@@ -38,18 +39,18 @@ class FakeMachine:
     def clock(self) -> tuple[float, float]:
         return self.wall, self.cpu
 
-    def governor(self, threads: int = 2, adaptive: bool = True) -> ThreadGovernor:
-        g = ThreadGovernor(threads, self.applied.append, adaptive, clock=self.clock, cores=2)
+    def governor(self, threads: int = 2, adaptive: bool = True, share_above: int | None = None) -> ThreadGovernor:
+        g = ThreadGovernor(threads, self.applied.append, adaptive, clock=self.clock, cores=2, share_above=share_above)
         g.running = lambda: self.others
         return g
 
-    def step(self, g: ThreadGovernor, wall: float | None = None, share: float = 0.95) -> None:
-        """One step in which each of the governor's threads ran ``share`` of the time."""
+    def step(self, g: ThreadGovernor, wall: float | None = None, share: float = 0.95, work: int = 1) -> None:
+        """One step of ``work`` rows in which each of the governor's threads ran ``share`` of the time."""
         g.start()
         wall = self.step_wall(g.current) if wall is None else wall
         self.wall += wall
         self.cpu += wall * share * g.current
-        g.stop()
+        g.stop(work)
 
 
 def test_full_threads_while_no_one_else_runs():
@@ -69,13 +70,14 @@ def test_drops_to_one_thread_beside_others_and_comes_back_when_they_leave():
     assert g.current == 2  # a few samples decide, not one
     m.step(g)
     assert g.current == 1 and g.shared and g.drops == 1
-    run(m, g, 8.0)  # the neighbour keeps running and one thread is faster, so one thread each
-    assert g.current == 1 and g.drops == 1
+    threads = run(m, g, 30.0)  # the neighbour keeps running and one thread is faster, so one thread each,
+    assert g.current == 1 and g.drops <= 6  # all threads tried again after 1, 2, 4, 8 ... s
+    assert threads.count(2) < len(threads) / 20
     m.others = 0
     run(m, g, 2 * SAMPLE_SECONDS)  # the samples taken beside the neighbour still count
     assert g.current == 1
     run(m, g, 2 * MIN_SAMPLES * SAMPLE_SECONDS)
-    assert g.current == 2 and m.applied == [2, 1, 2]
+    assert g.current == 2 and m.applied[-2:] == [1, 2] and g.drops == m.applied.count(1)
 
 
 def test_a_drop_that_does_not_help_is_undone_and_retried_ever_later():
@@ -102,17 +104,56 @@ def test_a_drop_that_does_not_help_is_undone_and_retried_ever_later():
     assert g.current == 1
 
 
-def run(m: FakeMachine, g: ThreadGovernor, seconds: float) -> None:
-    """Steps for ``seconds`` of the fake clock."""
-    end = m.wall + seconds
+def run(m: FakeMachine, g: ThreadGovernor, seconds: float, work: int = 1) -> list[int]:
+    """Steps of ``work`` rows for ``seconds`` of the fake clock; the thread count of each."""
+    end, threads = m.wall + seconds, []
     while m.wall < end:
-        m.step(g)
+        m.step(g, work=work)
+        threads.append(g.current)
+    return threads
+
+
+def test_a_batch_leaves_a_lower_priority_neighbour_a_core_and_interactive_streams_take_both():
+    m = FakeMachine()
+    g = m.governor(share_above=2)
+    m.others, m.barriers_hurt = 1, False  # a training run at nice 19: all threads would stay faster
+    threads = run(m, g, 20.0, work=8)  # 8 streams: one thread each, with no trial that takes the core back
+    assert set(threads[int(4 * MIN_SAMPLES * SAMPLE_SECONDS / 0.025) :]) == {1} and g.drops <= 2  # at most one trial
+    threads = run(m, g, 20.0, work=1)  # one stream: back to both threads once the recent steps are small
+    assert threads[TRIAL_STEPS] == 2 and threads.count(1) < len(threads) / 10  # a few short trials only
+    run(m, g, 1.0, work=8)
+    assert g.current == 1
+    m.others = 0  # the neighbour ends: the batch takes both threads again
+    run(m, g, 2.0, work=8)
+    assert g.current == 2
+    alone = m.governor(share_above=2)  # no neighbour, but a sample in three reads one thread too many
+    rng = random.Random(0)
+    alone.running = lambda: int(rng.random() < 0.3)
+    assert run(m, alone, 60.0, work=8).count(1) < 100  # 2400 steps: a few short trials
+    plain = m.governor()  # without share_above, every drop is a trial: a batch keeps the faster threads
+    m.others = 1
+    assert run(m, plain, 20.0, work=8).count(1) < 200
+
+
+def test_one_thread_that_won_its_trial_on_a_slow_start_gives_all_threads_another_try():
+    m = FakeMachine()
+    g = m.governor(share_above=2)
+    m.others, m.barriers_hurt = 1, False  # a server started beside a training run of lower priority
+    m.step(g, wall=1.0, share=0.3)  # its first step, cold and starved: one thread on trial
+    run(m, g, 0.5)
+    assert g.current == 1  # and one thread beat that first step
+    threads = run(m, g, 30.0)
+    assert threads[-400:].count(2) > 380  # all threads came back, and their trials keep them
 
 
 def test_a_long_starved_step_decides_alone_and_fixed_threads_never_change():
     m = FakeMachine()
     g = m.governor()
     m.step(g, wall=2.0, share=0.4)  # a training micro-batch: the next one contended could take minutes
+    assert g.current == 1 and g.drops == 1
+    m.others = 1
+    for _ in range(100):  # 1.2 s micro-batches on one thread beat it: no retry on all threads, ever
+        m.step(g, wall=1.2)
     assert g.current == 1 and g.drops == 1
     fixed = m.governor(adaptive=False)
     m.others = 2
@@ -138,6 +179,23 @@ def test_set_priority_lowers_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert [int(v) for v in out] == [before + 5] * 3
     assert set_priority(0) == before  # 0 leaves this process alone
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no scheduler autogroups (Linux only)")
+def test_a_session_leader_lowers_its_autogroup_too():
+    """With autogroups, nice weighs only inside a session: a training run in a session of its own lowers
+    its session's weight, or a server in another session would not go first."""
+    code = (
+        "import os; from tuneloop.cpu import set_priority; "
+        "print(os.getsid(0) == os.getpid(), set_priority(7), open('/proc/self/autogroup').read().split()[-1])"
+    )
+    leader = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            start_new_session=True).stdout.split()  # fmt: skip
+    nice = os.getpriority(os.PRIO_PROCESS, 0) + 7
+    assert leader == ["True", str(nice), str(nice)]
+    member = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    with open("/proc/self/autogroup") as f:
+        assert member == ["False", str(nice), f.read().split()[-1]]  # another's session (this one's) is left alone
 
 
 def test_a_step_starved_midway_drops_between_its_layers_and_an_idle_one_never_does():

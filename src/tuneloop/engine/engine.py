@@ -41,6 +41,10 @@ from tuneloop.errors import TuneloopError
 
 log = logging.getLogger(__name__)
 
+#: Decode steps of up to this many rows (one or two interactive streams) keep all threads beside a
+#: training run of lower priority where that is faster; bigger batches leave it a core (``ThreadGovernor.share_above``).
+INTERACTIVE_ROWS = 2
+
 
 class QueueFullError(Exception):
     """Too many requests are waiting."""
@@ -254,7 +258,8 @@ class Engine:
 
         try:
             self.runner = ModelRunner(model, max_batch, max_len, packed)
-            self.governor = ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive_threads)
+            self.governor = ThreadGovernor(torch.get_num_threads(), torch.set_num_threads, adaptive_threads,
+                                           share_above=INTERACTIVE_ROWS)  # fmt: skip
         except BaseException as exc:
             ready.set_exception(exc)
             return
