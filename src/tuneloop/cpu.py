@@ -66,8 +66,8 @@ def available_cores() -> int:
 def running_threads() -> int | None:
     """Threads of *other* processes running or ready to run now: the machine's ``procs_running``
     less this process's threads in state R; None where unknown (not Linux). Right after an OpenMP
-    region it reads one thread too many now and then (a worker of this process going to sleep):
-    in 7% of the samples on an idle machine, and in up to 30% beside 8 busy streams."""
+    region it reads one thread too many now and then (one that none of this process's threads shows
+    as running when read): in 7% of the samples on an idle machine, up to 30% beside 8 busy streams."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             machine = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
@@ -81,6 +81,26 @@ def running_threads() -> int | None:
     except (OSError, ValueError, IndexError, StopIteration):
         return None
     return max(0, machine - mine)
+
+
+def lower_priority_running() -> bool:
+    """Whether a process of lower priority (a greater nice value) than this one is running or ready
+    to run now, by its main thread (a training run's loop); False where unknown. Reads every
+    process's ``/proc/<pid>/stat``: about 1 ms with 70 processes."""
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        pids = [e.name for e in os.scandir("/proc") if e.name.isdigit() and e.name != str(os.getpid())]
+    except (OSError, AttributeError):
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended
+        if fields[0] == "R" and int(fields[16]) > own:
+            return True
+    return False
 
 
 def set_priority(nice: int) -> int:
@@ -129,12 +149,15 @@ class ThreadGovernor:
     clock: Callable[[], tuple[float, float]] = lambda: (time.perf_counter(), time.process_time())
     #: Other processes' running threads now (:func:`running_threads`).
     running: Callable[[], int | None] = lambda: running_threads()
+    #: Whether a process of lower priority runs now (:func:`lower_priority_running`).
+    lower_running: Callable[[], bool] = lambda: lower_priority_running()
     cores: int = field(default_factory=lambda: available_cores())
     #: Steps of more than this much work (recent median; a decode step's rows: a batch of streams)
-    #: leave a neighbour that wants the cores one of them, without a trial: one thread each, even
-    #: where all threads would be faster (beside a neighbour of lower priority). Smaller steps (one
-    #: or two interactive streams) keep all threads wherever a trial finds them faster. None: every
-    #: drop is a trial.
+    #: leave a neighbour of lower priority that wants a core (a training run) one, without a trial:
+    #: all threads would be faster, as it only gets what they leave, but it would get next to
+    #: nothing. Smaller steps (one or two interactive streams) keep all threads wherever a trial
+    #: finds them faster; a neighbour of equal priority gets the scheduler's fair share and trials.
+    #: None: every drop is a trial.
     share_above: int | None = None
     current: int = 0
     #: How many times steps dropped to one thread, and how many steps ran on fewer threads than they may.
@@ -147,6 +170,8 @@ class ThreadGovernor:
     _works: deque = field(default_factory=lambda: deque(maxlen=TRIAL_STEPS))
     #: On one thread to share the cores with a neighbour (``share_above``), not on trial.
     _sharing: bool = False
+    #: When :attr:`lower_running` was last asked (at most once a second).
+    _asked_lower: float = -HOLD_SECONDS
     _step: tuple[float, float] = (0.0, 0.0)
     _in_step: bool = False
     _sampled: float = 0.0
@@ -203,7 +228,12 @@ class ThreadGovernor:
         if len(self._others) < MIN_SAMPLES:
             return None
         others = sum(self._others) / len(self._others)
-        share = bulk and len(self._others) == self._others.maxlen and others >= OTHERS_SHARE
+        share = bulk and full and len(self._others) == self._others.maxlen and others >= OTHERS_SHARE
+        if share and now - self._asked_lower >= HOLD_SECONDS:
+            self._asked_lower = now
+            share = self.lower_running()
+        else:
+            share = False
         if full and (share or others >= OTHERS_DROP and now >= self._hold_until):
             self._drop(now, trial=not share)
         elif not full and now - self._since >= SINGLE_SECONDS and self.cores - others > self.threads - OTHERS_DROP:

@@ -155,8 +155,10 @@ def test_training_child_runs_at_lower_priority_with_the_configured_threads(home,
         assert data["threads"] == 1 and data["nice"] == base + 7 and data["pid"] != server.process.pid
         try:  # seen from outside while it trains: field 19 of /proc/<pid>/stat is the niceness
             stat = Path(f"/proc/{data['pid']}/stat").read_text().rsplit(")", 1)[1].split()
-            assert int(stat[16]) == base + 7
-        except FileNotFoundError:
+            assert int(stat[16]) == base + 7 and os.getsid(data["pid"]) == data["pid"]  # a session of its own
+            autogroup = Path(f"/proc/{data['pid']}/autogroup")  # whose weight it lowered too
+            assert not autogroup.exists() or autogroup.read_text().split()[-1] == str(base + 7)
+        except (FileNotFoundError, ProcessLookupError):
             pass  # already finished on a fast machine
         done = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j, 240)
         assert done.fine_tuned_model

@@ -4,6 +4,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from tuneloop.cpu import (
     SAMPLE_SECONDS,
     TRIAL_STEPS,
     ThreadGovernor,
+    lower_priority_running,
     running_threads,
     set_priority,
 )
@@ -28,6 +30,7 @@ class FakeMachine:
     def __init__(self) -> None:
         self.wall = self.cpu = 0.0
         self.others = 0  # threads of other processes running
+        self.lower = False  # whether one of them runs at a lower priority
         self.barriers_hurt = True
         self.applied: list[int] = []
 
@@ -42,6 +45,7 @@ class FakeMachine:
     def governor(self, threads: int = 2, adaptive: bool = True, share_above: int | None = None) -> ThreadGovernor:
         g = ThreadGovernor(threads, self.applied.append, adaptive, clock=self.clock, cores=2, share_above=share_above)
         g.running = lambda: self.others
+        g.lower_running = lambda: self.lower
         return g
 
     def step(self, g: ThreadGovernor, wall: float | None = None, share: float = 0.95, work: int = 1) -> None:
@@ -116,7 +120,7 @@ def run(m: FakeMachine, g: ThreadGovernor, seconds: float, work: int = 1) -> lis
 def test_a_batch_leaves_a_lower_priority_neighbour_a_core_and_interactive_streams_take_both():
     m = FakeMachine()
     g = m.governor(share_above=2)
-    m.others, m.barriers_hurt = 1, False  # a training run at nice 19: all threads would stay faster
+    m.others, m.lower, m.barriers_hurt = 1, True, False  # a training run at nice 19: all threads stay faster
     threads = run(m, g, 20.0, work=8)  # 8 streams: one thread each, with no trial that takes the core back
     assert set(threads[int(4 * MIN_SAMPLES * SAMPLE_SECONDS / 0.025) :]) == {1} and g.drops <= 2  # at most one trial
     threads = run(m, g, 20.0, work=1)  # one stream: back to both threads once the recent steps are small
@@ -130,9 +134,8 @@ def test_a_batch_leaves_a_lower_priority_neighbour_a_core_and_interactive_stream
     rng = random.Random(0)
     alone.running = lambda: int(rng.random() < 0.3)
     assert run(m, alone, 60.0, work=8).count(1) < 100  # 2400 steps: a few short trials
-    plain = m.governor()  # without share_above, every drop is a trial: a batch keeps the faster threads
-    m.others = 1
-    assert run(m, plain, 20.0, work=8).count(1) < 200
+    m.others, m.lower = 1, False  # a neighbour of equal priority (a streaming client): trials decide
+    assert run(m, m.governor(share_above=2), 20.0, work=8).count(1) < 100
 
 
 def test_one_thread_that_won_its_trial_on_a_slow_start_gives_all_threads_another_try():
@@ -179,6 +182,19 @@ def test_set_priority_lowers_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert [int(v) for v in out] == [before + 5] * 3
     assert set_priority(0) == before  # 0 leaves this process alone
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc (Linux only)")
+def test_lower_priority_running_sees_a_busy_process_of_greater_nice():
+    busy = subprocess.Popen([sys.executable, "-c", "import os; os.nice(5)\nwhile True: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while not lower_priority_running():  # the child runs (or waits for a core) at nice + 5
+            assert time.monotonic() < deadline, "never seen"
+            time.sleep(0.05)
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no scheduler autogroups (Linux only)")

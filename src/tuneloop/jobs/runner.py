@@ -93,7 +93,9 @@ def run_job(settings_json: str, job_id: str, worker_id: str, stop: Event, parent
     """Child-process entry point: train ``job_id`` to completion, or until ``stop`` is set."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     settings = Settings.model_validate_json(settings_json)
-    nice = set_priority(settings.train_nice)  # serving on the same machine goes first
+    if hasattr(os, "setsid"):  # a session (scheduler autogroup) of its own, which set_priority lowers too
+        os.setsid()
+    nice = set_priority(settings.train_nice)  # serving on the same machine, and all else, goes first
     engine = make_engine(settings)
     jobs, files = JobStore(engine), FileStore(engine, settings.home)
     job = jobs.get(job_id)
