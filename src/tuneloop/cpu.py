@@ -22,7 +22,7 @@ training micro-batch) and runs the next one with all threads or with one (no bar
   try 1, 2, 4 … up to 30 s later (one thread may have won against a slow start); long ones
   (training) do not, as a micro-batch starved on all threads can take a minute;
 * with ``share_above``, steps of more work than that (a batch of streams) drop beside a neighbour
-  without a trial: they leave it a core even where all threads would be faster.
+  of lower priority without a trial: they leave it a core even where all threads would be faster.
 
 Training runs at a lower priority (:func:`set_priority`, nice 19 by default), so a server's steps
 on all threads beside it lose only the neighbour's short time slices: one or two interactive
@@ -229,11 +229,9 @@ class ThreadGovernor:
             return None
         others = sum(self._others) / len(self._others)
         share = bulk and full and len(self._others) == self._others.maxlen and others >= OTHERS_SHARE
-        if share and now - self._asked_lower >= HOLD_SECONDS:
-            self._asked_lower = now
-            share = self.lower_running()
-        else:
-            share = False
+        share = share and now - self._asked_lower >= HOLD_SECONDS
+        if share:
+            self._asked_lower, share = now, self.lower_running()
         if full and (share or others >= OTHERS_DROP and now >= self._hold_until):
             self._drop(now, trial=not share)
         elif not full and now - self._since >= SINGLE_SECONDS and self.cores - others > self.threads - OTHERS_DROP:
