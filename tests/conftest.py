@@ -11,6 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Steps keep their thread count whatever else runs: tests compare losses and answers across runs,
 # and a reduction split over another number of threads rounds differently (tuneloop.cpu is unit-tested).
 os.environ.setdefault("TUNELOOP_ADAPTIVE_THREADS", "false")
+# `tuneloop train` run in-process (CliRunner) would lower this process's own priority for the rest of
+# the session; the tests of training's priority set it for the processes they start.
+os.environ.setdefault("TUNELOOP_TRAIN_NICE", "0")
 
 
 @pytest.fixture(autouse=True)

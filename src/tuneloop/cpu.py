@@ -33,6 +33,7 @@ training run settle on one thread each, side by side.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -120,6 +121,52 @@ def set_priority(nice: int) -> int:
                 _lower_autogroup(after)
             return after
     return os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
+
+
+def own_session() -> None:
+    """Go on in a session of its own, whose scheduler autogroup :func:`set_priority` then lowers.
+
+    It forks: the child goes on in a new session, and this process stays in its process group (where
+    a terminal's Ctrl-C and a supervisor's signals reach it), passes on the signals it gets (SIGINT,
+    SIGTERM, SIGHUP, SIGQUIT; Ctrl-Z and ``fg`` stop and continue both), waits and exits with the
+    child's status; the child gets SIGTERM if this process dies. Call it before any thread starts.
+    A no-op where it cannot help: not Linux, no autogroups, already a session leader.
+    """
+    if not (hasattr(os, "setsid") and os.path.exists("/proc/self/autogroup")) or os.getsid(0) == os.getpid():
+        return
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        _exit_with_parent()
+        return
+
+    def forward(signum: int, _frame: object) -> None:
+        if signum == signal.SIGTSTP:  # Ctrl-Z stops both; fg's SIGCONT reaches both too
+            os.kill(child, signal.SIGSTOP)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        else:
+            os.kill(child, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGCONT):
+        signal.signal(signum, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+
+
+def _exit_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent ends (Linux ``PR_SET_PDEATHSIG``)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _lower_autogroup(nice: int) -> None:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -47,3 +53,62 @@ def test_train_command_rejects_bad_values(tmp_path: Path, tiny_model: str) -> No
     result = CliRunner().invoke(app(), [*args, "--epochs", "many"])
     assert result.exit_code != 0
     assert "auto" in result.output
+
+
+def write_words(path: Path, copies: int = 1) -> Path:
+    words = ["yes", "no", "maybe", "never", "always", "often", "seldom", "soon", "later", "now", "then", "here"]
+    rows = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]} for w in words]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) * copies, encoding="utf-8")
+    return path
+
+
+def start_train_job(tmp_path: Path, model: str, epochs: int) -> subprocess.Popen:
+    """``tuneloop train`` as a shell starts a job: the leader of a process group of its own."""
+    data = write_words(tmp_path / "train.jsonl", copies=4)
+    argv = [sys.executable, "-m", "tuneloop.cli.main", "train", "--model", model, "--train", str(data),
+            "--out", str(tmp_path / "run"), "--epochs", str(epochs), "--batch-size", "4"]  # fmt: skip
+    env = {**os.environ, "TUNELOOP_TRAIN_NICE": "19"}
+    return subprocess.Popen(argv, env=env, process_group=0, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def training_child(parent: subprocess.Popen, timeout: float = 60) -> int:
+    """The process that trains for ``parent``: its child in a session of its own."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        if children and os.getsid(int(children[0])) == int(children[0]):
+            return int(children[0])
+        assert parent.poll() is None, parent.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no training child")
+
+
+needs_autogroups = pytest.mark.skipif(
+    not os.path.exists("/proc/self/autogroup"), reason="scheduler autogroups (Linux) are what the session is for"
+)
+
+
+@needs_autogroups
+def test_a_terminal_job_trains_in_a_session_of_its_own_at_the_lowest_priority(tmp_path: Path, tiny_model: str):
+    parent = start_train_job(tmp_path, tiny_model, epochs=3)
+    child = training_child(parent)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{child}/autogroup").read_text().split()[-1] != "19":  # set_priority lowers it at once
+        assert time.monotonic() < deadline and parent.poll() is None, parent.communicate()
+        time.sleep(0.05)
+    assert os.getpgid(parent.pid) == parent.pid  # the parent stays in its group, where Ctrl-C lands
+    out, err = parent.communicate(timeout=240)
+    assert parent.returncode == 0, err
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file() and "adapter" in out
+    assert "loss" in err  # the child's progress bar, on the same stderr
+
+
+@needs_autogroups
+def test_ctrl_c_on_a_terminal_job_reaches_the_training_child(tmp_path: Path, tiny_model: str):
+    parent = start_train_job(tmp_path, tiny_model, epochs=50)
+    child = training_child(parent)
+    time.sleep(1.0)
+    os.killpg(parent.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the job's whole process group
+    parent.communicate(timeout=60)
+    assert parent.returncode != 0
+    assert not Path(f"/proc/{child}").exists()  # ended and reaped, not left training in its session

@@ -39,14 +39,18 @@ def train(
     device: str | None = typer.Option(None, "--device", help="Torch device (default: TUNELOOP_DEVICE)."),
 ) -> None:
     """Fine-tune MODEL on a training file; writes OUT/adapter (LoRA) or OUT/model (full)."""
-    from tqdm import tqdm
-
-    from tuneloop.cpu import set_priority
-    from tuneloop.train.loop import train as run_training  # here, not at the top: it loads torch
+    from tuneloop.cpu import own_session, set_priority
 
     if beta != "auto" and method.objective != "dpo":
         raise typer.BadParameter("--beta is DPO's: use it with --method dpo or dpo-full", param_hint="'--beta'")
-    set_priority(get_settings().train_nice)  # serving on the same machine goes first
+    nice = get_settings().train_nice
+    if nice:
+        own_session()  # before any thread starts: a session whose priority set_priority can lower too
+    set_priority(nice)  # serving on the same machine goes first
+
+    from tqdm import tqdm
+
+    from tuneloop.train.loop import train as run_training  # here, not at the top: it loads torch
 
     config = TrainConfig(
         model=model,
