@@ -128,8 +128,8 @@ def own_session() -> None:
 
     It forks: the child goes on in a new session, and this process stays in its process group (where
     a terminal's Ctrl-C and a supervisor's signals reach it), passes on the signals it gets (SIGINT,
-    SIGTERM, SIGHUP, SIGQUIT; Ctrl-Z and ``fg`` stop and continue both), waits and exits with the
-    child's status; the child gets SIGTERM if this process dies. Call it before any thread starts.
+    SIGTERM, SIGHUP, SIGQUIT, unless ignored; Ctrl-Z and ``fg`` stop and continue both), waits and
+    exits with the child's status; the child gets SIGTERM if this process dies. Call it before any thread starts.
     A no-op where it cannot help: not Linux, no autogroups, already a session leader.
     """
     if not (hasattr(os, "setsid") and os.path.exists("/proc/self/autogroup")) or os.getsid(0) == os.getpid():
@@ -148,7 +148,8 @@ def own_session() -> None:
             os.kill(child, signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGCONT):
-        signal.signal(signum, forward)
+        if signal.getsignal(signum) != signal.SIG_IGN:  # one ignored here (a background job's Ctrl-C) stays so
+            signal.signal(signum, forward)
     while True:
         try:
             _, status = os.waitpid(child, 0)

@@ -65,8 +65,11 @@ def write_words(path: Path, copies: int = 1) -> Path:
 def start_train_job(tmp_path: Path, model: str, epochs: int) -> subprocess.Popen:
     """``tuneloop train`` as a shell starts a job: the leader of a process group of its own."""
     data = write_words(tmp_path / "train.jsonl", copies=4)
-    argv = [sys.executable, "-m", "tuneloop.cli.main", "train", "--model", model, "--train", str(data),
-            "--out", str(tmp_path / "run"), "--epochs", str(epochs), "--batch-size", "4"]  # fmt: skip
+    # Ctrl-C as in a terminal: a background runner (`make test &`) would hand its ignored SIGINT down
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    argv = [sys.executable, "-c", reset, sys.executable, "-m", "tuneloop.cli.main", "train", "--model", model,
+            "--train", str(data), "--out", str(tmp_path / "run"), "--epochs", str(epochs),
+            "--batch-size", "4"]  # fmt: skip
     env = {**os.environ, "TUNELOOP_TRAIN_NICE": "19"}
     return subprocess.Popen(argv, env=env, process_group=0, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

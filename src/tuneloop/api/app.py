@@ -78,7 +78,7 @@ def create_app(settings: Settings, run_worker: bool = False) -> FastAPI:
                 "threads": e.governor.current,  # this step's: all, or one while the cores are shared
                 "max_threads": e.governor.threads,
                 "shared_cpu_drops": e.governor.drops,  # times steps dropped to one thread
-                "shared_cpu_steps": e.governor.shared_steps,  # decode steps run on one thread of several
+                "shared_cpu_steps": e.governor.shared_steps,  # steps (decode, prompt pieces) run on one thread
             }
             for name, e in state.pool.engines().items()
         }

@@ -6,6 +6,7 @@ A job picked up again after its worker died resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -93,7 +94,7 @@ def run_job(settings_json: str, job_id: str, worker_id: str, stop: Event, parent
     """Child-process entry point: train ``job_id`` to completion, or until ``stop`` is set."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     settings = Settings.model_validate_json(settings_json)
-    if hasattr(os, "setsid"):  # a session (scheduler autogroup) of its own, which set_priority lowers too
+    with contextlib.suppress(AttributeError, OSError):  # a session (autogroup) of its own, for set_priority to lower
         os.setsid()
     nice = set_priority(settings.train_nice)  # serving on the same machine, and all else, goes first
     engine = make_engine(settings)
